@@ -1,0 +1,22 @@
+//! The seed's `Counter` (Starlette request ingress): returns the query parameters as JSON.
+//!
+//! ```sh
+//! cargo run --example counter
+//! curl "http://127.0.0.1:8000/?a=b&c=d"   # {"a":"b","c":"d"}
+//! ```
+
+use ferroserve::{Deployment, Ingress, Json, QueryParams, Request};
+
+struct Counter;
+
+impl Ingress for Counter {
+    type Output = Json<QueryParams>;
+
+    async fn call(&self, request: Request) -> Self::Output {
+        Json(request.query_params())
+    }
+}
+
+fn main() -> Result<(), ferroserve::Error> {
+    ferroserve::run(Deployment::new("Counter").bind(|| Counter))
+}

@@ -1,0 +1,269 @@
+//! The request context: id, deadline and cancellation, carried by every request and handle call.
+//!
+//! The proxy creates a [`RequestContext`] for each HTTP request; a handle call made while handling
+//! it gets a child context (same id, the remaining deadline, a child cancellation token). Inside a
+//! handler, [`current`] returns the context of the request being served.
+//!
+//! Cancellation is drop-based: when the client goes away or the deadline passes, the request's
+//! future is dropped, which interrupts the handler at its next `.await` and drops every handle call
+//! it is awaiting. The context's token is cancelled at the same moment, so code that must *observe*
+//! cancellation (the seed's `except asyncio.CancelledError:`) or blocking code that polls a flag can
+//! do so.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+tokio::task_local! {
+    static CURRENT: RequestContext;
+}
+
+/// The context of one request: its id, deadline and cancellation token. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    request_id: String,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    cancel: CancellationToken,
+    deployment: String,
+}
+
+impl RequestContext {
+    /// A fresh root context: the request id, and an optional end-to-end timeout from now.
+    pub fn new(request_id: impl Into<String>, timeout: Option<Duration>) -> Self {
+        RequestContext {
+            inner: Arc::new(Inner {
+                request_id: request_id.into(),
+                deadline: timeout.map(|t| Instant::now() + t),
+                timeout,
+                cancel: CancellationToken::new(),
+                deployment: String::new(),
+            }),
+        }
+    }
+
+    /// The context a handle call made under this one gets: same id and deadline, a child token
+    /// (cancelled whenever this one is), and the callee's deployment name.
+    pub(crate) fn child(&self, deployment: &str) -> Self {
+        RequestContext {
+            inner: Arc::new(Inner {
+                request_id: self.inner.request_id.clone(),
+                deadline: self.inner.deadline,
+                timeout: self.inner.timeout,
+                cancel: self.inner.cancel.child_token(),
+                deployment: deployment.to_owned(),
+            }),
+        }
+    }
+
+    /// The same context, naming the deployment that serves it (for logs and error messages).
+    pub(crate) fn for_deployment(&self, deployment: &str) -> Self {
+        if self.inner.deployment == deployment {
+            return self.clone();
+        }
+        RequestContext {
+            inner: Arc::new(Inner {
+                request_id: self.inner.request_id.clone(),
+                deadline: self.inner.deadline,
+                timeout: self.inner.timeout,
+                cancel: self.inner.cancel.clone(),
+                deployment: deployment.to_owned(),
+            }),
+        }
+    }
+
+    /// The request id: the client's `x-request-id`, or a generated UUID.
+    pub fn request_id(&self) -> &str {
+        &self.inner.request_id
+    }
+
+    /// The deployment serving this context (empty outside a replica).
+    pub fn deployment(&self) -> &str {
+        &self.inner.deployment
+    }
+
+    /// When the request times out, if it has an end-to-end timeout.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.inner.deadline
+    }
+
+    /// The configured end-to-end timeout, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.inner.timeout
+    }
+
+    /// Time left before the deadline (`Duration::ZERO` once passed); `None` without a deadline.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.inner
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether the request has been cancelled (client gone, deadline passed, caller dropped).
+    /// A cheap atomic load: poll it from blocking or CPU-bound code to stop early.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// Completes when the request is cancelled. Cancel safe.
+    ///
+    /// Use it in `tokio::select!` to run code on cancellation, the seed's
+    /// `except asyncio.CancelledError:`.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.inner.cancel.clone().cancelled_owned()
+    }
+
+    /// The cancellation token itself, to hand to blocking code or spawned work.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.inner.cancel.clone()
+    }
+
+    /// Marks the request cancelled (the proxy does this on disconnect or timeout).
+    pub(crate) fn cancel(&self) {
+        self.inner.cancel.cancel();
+    }
+
+    /// Runs `fut` with this context as [`current`].
+    pub(crate) fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, fut)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Wraps a request's work so that dropping it unfinished cancels the context *before* the
+    /// work itself is dropped: the handler's own drop guards then see
+    /// [`RequestContext::is_cancelled`] as true.
+    pub(crate) struct CancelOnDrop<F> {
+        ctx: Option<RequestContext>,
+        on_cancel: fn(&RequestContext),
+        #[pin]
+        fut: F,
+    }
+
+    impl<F> PinnedDrop for CancelOnDrop<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(ctx) = this.ctx.take() {
+                (this.on_cancel)(&ctx);
+                ctx.cancel();
+            }
+        }
+    }
+}
+
+impl<F> CancelOnDrop<F> {
+    /// `on_cancel` runs (for logging) just before the context is cancelled.
+    pub(crate) fn new(ctx: RequestContext, on_cancel: fn(&RequestContext), fut: F) -> Self {
+        CancelOnDrop {
+            ctx: Some(ctx),
+            on_cancel,
+            fut,
+        }
+    }
+}
+
+impl<F: Future> Future for CancelOnDrop<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.fut.poll(cx));
+        *this.ctx = None;
+        Poll::Ready(out)
+    }
+}
+
+/// The context of the request being served on this task, if any.
+///
+/// Inside a deployment's handler (HTTP or handle call) this is `Some`; elsewhere `None`.
+pub fn current() -> Option<RequestContext> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Runs `fut` to completion even if the request that started it is cancelled (the seed's
+/// `asyncio.shield`).
+///
+/// The future is spawned as its own task; awaiting the returned future waits for its output, and
+/// dropping it (because the request was cancelled) leaves the task running. Like Ray's
+/// `asyncio.shield`, this protects only *local* work: a handle call inside `fut` is still an
+/// independent request to another deployment and is not protected from that deployment's own
+/// cancellation. A panic inside `fut` resumes on the awaiting task.
+pub fn shield<F>(fut: F) -> impl Future<Output = F::Output> + Send + 'static
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let task = tokio::spawn(fut);
+    async move {
+        match task.await {
+            Ok(out) => out,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dropping_unfinished_work_cancels_parent_and_child_first() {
+        let root = RequestContext::new("id", None);
+        let child = root.child("Model");
+        assert_eq!(child.request_id(), "id");
+        assert_eq!(child.deployment(), "Model");
+        let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        struct Probe(RequestContext, Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Probe {
+            fn drop(&mut self) {
+                self.1.store(self.0.is_cancelled(), std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let probe = Probe(child.clone(), seen.clone());
+        let work = CancelOnDrop::new(root.clone(), |_| {}, async move {
+            let _probe = probe;
+            std::future::pending::<()>().await
+        });
+        let mut work = Box::pin(work);
+        assert!(futures_util::FutureExt::now_or_never(&mut work).is_none());
+        assert!(!child.is_cancelled());
+        drop(work);
+        assert!(root.is_cancelled() && child.is_cancelled());
+        assert!(seen.load(std::sync::atomic::Ordering::SeqCst), "cancelled before the work dropped");
+    }
+
+    #[tokio::test]
+    async fn finished_work_is_not_cancelled() {
+        let root = RequestContext::new("id", None);
+        assert_eq!(CancelOnDrop::new(root.clone(), |_| {}, async { 7 }).await, 7);
+        assert!(!root.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remaining_counts_down() {
+        let ctx = RequestContext::new("id", Some(Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(ctx.remaining(), Some(Duration::from_millis(1500)));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(ctx.remaining(), Some(Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn current_is_scoped() {
+        assert!(current().is_none());
+        let id = RequestContext::new("abc", None)
+            .scope(async { current().map(|c| c.request_id().to_owned()) })
+            .await;
+        assert_eq!(id.as_deref(), Some("abc"));
+    }
+}

@@ -1,0 +1,260 @@
+//! Errors, and the one place where they become HTTP responses.
+//!
+//! Every failure a client can see is an [`Error`]. Each error knows whose fault it is
+//! ([`Fault`]), whether retrying the same request is safe ([`Error::retry_safe`]), and the exact
+//! status and body it turns into ([`Error::into_response`]). Nothing else in the crate decides a
+//! status code for a framework error.
+
+use std::fmt;
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+
+/// A boxed error, as user constructors and handlers return them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Whose fault a failure was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The client sent something wrong, went away, or asked for something that does not exist.
+    Client,
+    /// The deployment (user code) failed or is overloaded.
+    Deployment,
+    /// ferroserve itself is shutting down or misconfigured.
+    Server,
+}
+
+/// A failure of a request, a handle call, or start-up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `max_queued_requests` was reached: the request was rejected before it was queued.
+    #[error(
+        "Request dropped due to backpressure (num_queued_requests={num_queued}, max_queued_requests={max_queued})."
+    )]
+    Backpressure {
+        /// Requests waiting for this deployment when this one arrived.
+        num_queued: usize,
+        /// The deployment's `max_queued_requests`.
+        max_queued: usize,
+    },
+    /// The end-to-end deadline passed; the work was cancelled.
+    #[error("Request {request_id} timed out after {}s.", PySeconds(*.timeout))]
+    Timeout {
+        /// The request's id (`X-Request-ID`).
+        request_id: String,
+        /// The configured `request_timeout_s`.
+        timeout: Duration,
+    },
+    /// The caller went away (client disconnect, or the caller's own request was cancelled).
+    #[error("Request {request_id} was cancelled.")]
+    Cancelled {
+        /// The request's id.
+        request_id: String,
+    },
+    /// No application is mounted at this path.
+    #[error("Path '{path}' not found. Ping http://{host}/-/routes for available routes.")]
+    NotFound {
+        /// The request path.
+        path: String,
+        /// `host:port` the proxy listens on.
+        host: String,
+    },
+    /// The request itself was malformed (bad body, bad JSON, ...). The message is shown to the client.
+    #[error("{message}")]
+    BadRequest {
+        /// The status to answer with (a 4xx).
+        status: StatusCode,
+        /// What was wrong, for the client.
+        message: String,
+    },
+    /// User code failed (returned an error or panicked). The detail is logged, never sent.
+    #[error("deployment '{deployment}' failed: {detail}")]
+    Deployment {
+        /// The deployment whose code failed.
+        deployment: String,
+        /// The error or panic message (for logs only).
+        detail: String,
+    },
+    /// A deployment's constructor failed while the application was starting.
+    #[error("deployment '{deployment}' failed to start: {source}")]
+    Startup {
+        /// The deployment whose constructor failed.
+        deployment: String,
+        /// The constructor's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The application or server configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The deployment is shutting down and takes no new requests.
+    #[error("deployment '{0}' is shutting down")]
+    ShuttingDown(String),
+    /// Binding or serving the listening socket failed.
+    #[error("server I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Whose fault this failure is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Error::Cancelled { .. } | Error::NotFound { .. } | Error::BadRequest { .. } => {
+                Fault::Client
+            }
+            Error::Backpressure { .. }
+            | Error::Timeout { .. }
+            | Error::Deployment { .. }
+            | Error::Startup { .. } => Fault::Deployment,
+            Error::Config(_) | Error::ShuttingDown(_) | Error::Io(_) => Fault::Server,
+        }
+    }
+
+    /// Whether sending the same request again may succeed without side effects being doubled:
+    /// true only when the request never reached a replica.
+    pub fn retry_safe(&self) -> bool {
+        matches!(self, Error::Backpressure { .. } | Error::ShuttingDown(_))
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Backpressure { .. } | Error::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            // 499 is nginx's "client closed request"; nobody reads it but logs and metrics.
+            Error::Cancelled { .. } => {
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+            }
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::BadRequest { status, .. } => *status,
+            Error::Deployment { .. }
+            | Error::Startup { .. }
+            | Error::Config(_)
+            | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub(crate) fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
+        Error::BadRequest {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    /// The one mapping from failures to HTTP. Server-side failures answer
+    /// `500 Internal Server Error` and are logged with their detail; client-visible ones carry
+    /// their message as `text/plain`. Backpressure adds `Retry-After: 1`.
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self, "request failed");
+            "Internal Server Error".to_owned()
+        } else {
+            self.to_string()
+        };
+        let mut response = (status, body).into_response();
+        if let Error::Backpressure { .. } | Error::ShuttingDown(_) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The error type of a user handler: anything that converts into a [`BoxError`], carried to the
+/// proxy and answered there.
+///
+/// Use it as `Result<T, HandlerError>` and `?` any error. A ferroserve [`Error`] (for example a
+/// handle call that hit backpressure, or a malformed body from [`crate::Request::json`]) keeps its
+/// own status and message; every other error becomes `500 Internal Server Error`, with the
+/// detail logged and never sent to the client.
+pub struct HandlerError(BoxError);
+
+impl<E: Into<BoxError>> From<E> for HandlerError {
+    fn from(error: E) -> Self {
+        HandlerError(error.into())
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl HandlerError {
+    /// Turns the error into the framework error the proxy answers with.
+    pub(crate) fn into_error(self, deployment: &str) -> Error {
+        match self.0.downcast::<Error>() {
+            Ok(error) => *error,
+            Err(other) => Error::Deployment {
+                deployment: deployment.to_owned(),
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for HandlerError {
+    fn into_response(self) -> Response {
+        let deployment = crate::context::current()
+            .map(|ctx| ctx.deployment().to_owned())
+            .unwrap_or_default();
+        self.into_error(&deployment).into_response()
+    }
+}
+
+/// Formats seconds as Python prints a float (`5.0`, `0.5`), so timeout messages match Ray's.
+pub(crate) struct PySeconds(pub(crate) Duration);
+
+impl fmt::Display for PySeconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.as_secs_f64();
+        if secs.fract() == 0.0 {
+            write!(f, "{secs:.1}")
+        } else {
+            write!(f, "{secs}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_text_matches_ray() {
+        let e = Error::Timeout {
+            request_id: "abc".into(),
+            timeout: Duration::from_millis(500),
+        };
+        assert_eq!(e.to_string(), "Request abc timed out after 0.5s.");
+        let e = Error::Timeout {
+            request_id: "abc".into(),
+            timeout: Duration::from_secs(2),
+        };
+        assert_eq!(e.to_string(), "Request abc timed out after 2.0s.");
+    }
+
+    #[test]
+    fn backpressure_is_retry_safe_and_503() {
+        let e = Error::Backpressure {
+            num_queued: 3,
+            max_queued: 3,
+        };
+        assert!(e.retry_safe());
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.fault(), Fault::Deployment);
+    }
+}

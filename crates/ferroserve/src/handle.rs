@@ -1,0 +1,172 @@
+//! Handles: typed calls from one deployment to another, through the callee's router.
+//!
+//! A deployment's methods that other deployments may call are messages: `impl Handles<Predict>
+//! for Model` declares that `Model` answers a `Predict` with `Self::Output`, and
+//! `handle.remote(Predict(x)).await` calls it. Today a call is a direct async call on a replica
+//! in this process (no serialization, no copy); the message shape is what a remote transport will
+//! carry later. For quick in-process calls, [`DeploymentHandle::call`] takes a closure.
+//!
+//! Every call carries the caller's [`RequestContext`]: the same request id, the remaining
+//! deadline, and a child cancellation token. Dropping the call's future cancels it: it leaves the
+//! callee's queue, or interrupts the callee's handler at its next `.await`.
+//!
+//! Unlike Ray's `handle.remote()`, which starts work at once, a Rust future runs when awaited:
+//! to fan out, await several calls together (`tokio::join!`, `futures::future::join_all`).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+
+use crate::context::{self, CancelOnDrop, RequestContext};
+use crate::deployment::panic_message;
+use crate::error::Error;
+use crate::router::Router;
+
+/// A deployment method callable through a handle: the deployment answers message `M`.
+///
+/// ```
+/// struct Model;
+/// struct Sum(Vec<f64>);
+///
+/// impl ferroserve::Handles<Sum> for Model {
+///     type Output = f64;
+///     async fn handle(&self, Sum(xs): Sum) -> f64 {
+///         xs.iter().sum()
+///     }
+/// }
+/// ```
+pub trait Handles<M>: Send + Sync + 'static {
+    /// What the method returns.
+    type Output: Send + 'static;
+    /// Runs the method on this replica. Dropping the future cancels the call.
+    fn handle(&self, msg: M) -> impl Future<Output = Self::Output> + Send;
+}
+
+/// A handle to a deployment: `Clone + Send + Sync`, cheap to clone, routed through the same
+/// router (power of two choices, `max_ongoing_requests`, queue, backpressure) as HTTP traffic.
+pub struct DeploymentHandle<T: Send + Sync + 'static> {
+    router: Arc<Router<T>>,
+}
+
+impl<T: Send + Sync + 'static> Clone for DeploymentHandle<T> {
+    fn clone(&self) -> Self {
+        DeploymentHandle {
+            router: self.router.clone(),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> std::fmt::Debug for DeploymentHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeploymentHandle")
+            .field("deployment", &self.router.name())
+            .finish()
+    }
+}
+
+impl<T: Send + Sync + 'static> DeploymentHandle<T> {
+    pub(crate) fn new(router: Arc<Router<T>>) -> Self {
+        DeploymentHandle { router }
+    }
+
+    /// The deployment this handle calls.
+    pub fn deployment_name(&self) -> &str {
+        self.router.name()
+    }
+
+    /// Calls the deployment's `Handles<M>` method with `msg` on one of its replicas.
+    ///
+    /// Errors: [`Error::Backpressure`] when its queue is full, [`Error::Timeout`] when the
+    /// request's deadline passes, [`Error::Deployment`] when the method panics. Cancel safe:
+    /// dropping the future cancels the call.
+    pub async fn remote<M>(&self, msg: M) -> Result<T::Output, Error>
+    where
+        T: Handles<M>,
+        M: Send + 'static,
+    {
+        self.call(move |instance: Arc<T>| async move { instance.handle(msg).await })
+            .await
+    }
+
+    /// Runs `f` on one of the deployment's replicas, with the same routing, context and
+    /// cancellation as [`DeploymentHandle::remote`]. An in-process convenience.
+    pub async fn call<F, Fut>(&self, f: F) -> Result<Fut::Output, Error>
+    where
+        F: FnOnce(Arc<T>) -> Fut + Send,
+        Fut: Future + Send,
+    {
+        let ctx = match context::current() {
+            Some(parent) => parent.child(self.router.name()),
+            None => RequestContext::new(uuid_v4(), None),
+        };
+        let call = run_on_replica(&self.router, ctx.clone(), f);
+        let call = CancelOnDrop::new(ctx.clone(), |_| {}, call);
+        match ctx.deadline() {
+            None => call.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Timeout {
+                    request_id: ctx.request_id().to_owned(),
+                    timeout: ctx.timeout().unwrap_or_default(),
+                }),
+            },
+        }
+    }
+
+    /// Requests waiting for a replica of this deployment.
+    pub fn num_queued(&self) -> usize {
+        self.router.num_queued()
+    }
+
+    /// Requests running on this deployment's replicas.
+    pub fn num_ongoing(&self) -> usize {
+        self.router.num_ongoing()
+    }
+
+    /// Replicas currently serving.
+    pub fn num_replicas(&self) -> usize {
+        self.router.num_replicas()
+    }
+}
+
+/// Takes a slot on a replica, then runs `f` on its instance under `ctx`, holding the slot until
+/// the future completes. A panic becomes [`Error::Deployment`] and the replica keeps serving.
+pub(crate) async fn run_on_replica<T, F, Fut>(
+    router: &Arc<Router<T>>,
+    ctx: RequestContext,
+    f: F,
+) -> Result<Fut::Output, Error>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce(Arc<T>) -> Fut,
+    Fut: Future,
+{
+    let slot = router.acquire().await?;
+    let ctx = ctx.for_deployment(router.name());
+    let replica = slot.replica().id.clone();
+    let fut = f(slot.replica().instance.clone());
+    let outcome = ctx.clone().scope(AssertUnwindSafe(fut).catch_unwind()).await;
+    drop(slot);
+    outcome.map_err(|panic| {
+        let detail = panic_message(&*panic);
+        tracing::error!(
+            replica = %replica,
+            request_id = ctx.request_id(),
+            "handler {detail}"
+        );
+        Error::Deployment {
+            deployment: router.name().to_owned(),
+            detail,
+        }
+    })
+}
+
+/// A random (version 4) UUID, for requests that come without `x-request-id`.
+pub(crate) fn uuid_v4() -> String {
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}

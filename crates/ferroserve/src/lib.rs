@@ -1,0 +1,58 @@
+//! # ferroserve
+//!
+//! Ray Serve's model-serving semantics for Rust services: an application is a graph of
+//! **deployments** (replicated types that call each other through **handles**), exposed over HTTP
+//! by a **proxy** that routes, balances, queues, times out and cancels requests.
+//!
+//! The seed's `Counter`, in Rust:
+//!
+//! ```no_run
+//! use ferroserve::{Deployment, Ingress, Json, QueryParams, Request};
+//!
+//! struct Counter;
+//!
+//! impl Ingress for Counter {
+//!     type Output = Json<QueryParams>;
+//!
+//!     async fn call(&self, request: Request) -> Self::Output {
+//!         Json(request.query_params())
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), ferroserve::Error> {
+//!     ferroserve::run(Deployment::new("Counter").bind(|| Counter))
+//! }
+//! ```
+//!
+//! Where each concept lives:
+//!
+//! | concept | module |
+//! |---|---|
+//! | `@serve.deployment`, `.bind()` | [`deployment`] |
+//! | `serve.run`, route prefix, app name | [`app`], [`serve`] |
+//! | `DeploymentHandle`, `.remote()` | [`handle`] |
+//! | routing over replicas, `max_ongoing_requests`, `max_queued_requests` | `router` (internal) |
+//! | `__call__(self, request)` | [`ingress`] |
+//! | request id, timeout, cancellation, `asyncio.shield` | [`context`] |
+//! | status codes and messages | [`error`] |
+
+pub mod app;
+pub mod context;
+pub mod deployment;
+pub mod error;
+pub mod handle;
+pub mod ingress;
+mod proxy;
+mod router;
+pub mod serve;
+
+pub use app::Application;
+pub use context::{current, shield, RequestContext};
+pub use deployment::{BoundDeployment, Deployment, DeploymentOptions};
+pub use error::{BoxError, Error, Fault, HandlerError};
+pub use handle::{DeploymentHandle, Handles};
+pub use ingress::{Ingress, Json, QueryParams, Request};
+pub use serve::{init_logging, run, HttpOptions, Serve, Server};
+
+pub use axum::response::{IntoResponse, Response};
+pub use http::StatusCode;

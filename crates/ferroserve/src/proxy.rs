@@ -1,0 +1,209 @@
+//! The HTTP proxy: accepts connections (HTTP/1.1 and h2c on one port), answers `/-/healthz` and
+//! `/-/routes`, matches route prefixes (longest wins), attaches the request context, enforces the
+//! end-to-end timeout, and hands the request to the application's ingress router.
+//!
+//! Request life cycle: a request id is taken from `x-request-id` or generated, and echoed as
+//! `X-Request-ID` on every response. If the client disconnects, hyper drops the request's future:
+//! the work is interrupted at its next `.await`, its cancellation token fires, and the proxy logs
+//! `Client for request <id> disconnected, cancelling request.` If `request_timeout_s` passes, the
+//! work is dropped the same way and the client gets `408`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::prefix_matches;
+use crate::context::{CancelOnDrop, RequestContext};
+use crate::error::Error;
+use crate::handle::uuid_v4;
+use crate::ingress::HttpEndpoint;
+
+/// One mounted application.
+pub(crate) struct Route {
+    pub(crate) prefix: Arc<str>,
+    pub(crate) app_name: String,
+    pub(crate) endpoint: Arc<dyn HttpEndpoint>,
+}
+
+/// What every request handler reads. Written once at start, except `draining`.
+pub(crate) struct ProxyState {
+    /// Sorted by prefix length, longest first.
+    pub(crate) routes: Vec<Route>,
+    pub(crate) request_timeout: Option<Duration>,
+    pub(crate) draining: AtomicBool,
+    pub(crate) host: String,
+}
+
+impl ProxyState {
+    fn route(&self, path: &str) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| prefix_matches(&r.prefix, path))
+    }
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+fn request_id(req: &http::Request<Incoming>) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+        .map(str::to_owned)
+        .unwrap_or_else(uuid_v4)
+}
+
+/// Serves one request. Cancel safe: dropping it (client gone) cancels the request's work.
+async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Response {
+    let request_id = request_id(&req);
+    let path = req.uri().path();
+    let mut response = if let Some(internal) = path.strip_prefix("/-/") {
+        internal_route(&state, internal)
+    } else if let Some(route) = state.route(path) {
+        let ctx = RequestContext::new(request_id.clone(), state.request_timeout);
+        let work = route
+            .endpoint
+            .serve(req.map(Body::new), route.prefix.clone(), ctx.clone());
+        let work = CancelOnDrop::new(ctx, log_disconnect, work);
+        match state.request_timeout {
+            None => work.await,
+            Some(timeout) => match tokio::time::timeout(timeout, work).await {
+                Ok(response) => response,
+                Err(_) => {
+                    tracing::warn!(request_id = %request_id, "request timed out after {timeout:?}, cancelled");
+                    Error::Timeout {
+                        request_id: request_id.clone(),
+                        timeout,
+                    }
+                    .into_response()
+                }
+            },
+        }
+    } else {
+        Error::NotFound {
+            path: path.to_owned(),
+            host: state.host.clone(),
+        }
+        .into_response()
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn internal_route(state: &ProxyState, route: &str) -> Response {
+    match route {
+        "healthz" => {
+            if state.draining.load(Ordering::SeqCst) {
+                (StatusCode::SERVICE_UNAVAILABLE, "This node is being drained.").into_response()
+            } else {
+                "success".into_response()
+            }
+        }
+        "routes" => {
+            let mut map = serde_json::Map::new();
+            for r in &state.routes {
+                map.insert(r.prefix.to_string(), r.app_name.clone().into());
+            }
+            axum::Json(map).into_response()
+        }
+        _ => Error::NotFound {
+            path: format!("/-/{route}"),
+            host: state.host.clone(),
+        }
+        .into_response(),
+    }
+}
+
+/// Logged when a request's future is dropped unfinished: the client went away (a timeout is
+/// logged where it is answered).
+fn log_disconnect(ctx: &RequestContext) {
+    if ctx.remaining() == Some(Duration::ZERO) {
+        return;
+    }
+    tracing::info!(
+        "Client for request {} disconnected, cancelling request.",
+        ctx.request_id()
+    );
+}
+
+/// Connection settings.
+pub(crate) struct ConnOptions {
+    pub(crate) keep_alive_timeout: Duration,
+    pub(crate) graceful_shutdown_timeout: Duration,
+}
+
+/// Accepts connections until `shutdown` flips, then drains: refuses new connections, lets every
+/// in-flight request finish (up to the graceful timeout), closes idle connections.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<ProxyState>,
+    options: ConnOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.keep_alive_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _peer): (_, SocketAddr) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, req).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended with error: {e}");
+            }
+        });
+    }
+    state.draining.store(true, Ordering::SeqCst);
+    drop(listener);
+    tracing::info!("draining: waiting for in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(options.graceful_shutdown_timeout) => {
+            tracing::warn!(
+                "graceful shutdown timed out after {:?}; closing remaining connections",
+                options.graceful_shutdown_timeout
+            );
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The router: one per deployment, shared by HTTP traffic and handle calls.
+//!
+//! State machine of a request:
+//! 1. **Pick**: if nobody is queued, choose two replicas at random (power of two choices) and take a
+//!    slot on the less loaded one whose in-flight count is below `max_ongoing_requests`; if both
+//!    are full, try every replica. Lock-free: one compare-and-swap on an atomic counter.
+//! 2. **Queue**: when every replica is full (or others are already waiting) the request joins a
+//!    FIFO queue, unless `max_queued_requests` requests already wait, in which case it is rejected
+//!    with [`Error::Backpressure`].
+//! 3. **Hand-off**: a finishing request releases its slot; if anyone waits, the slot goes to the
+//!    head of the queue.
+//! 4. **Abandon**: a queued request whose future is dropped leaves the queue at once; if a slot had
+//!    just been handed to it, the slot is released again.
+//!
+//! `max_ongoing_requests` is strict: a replica never runs more requests than that.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use tokio::sync::oneshot;
+
+use crate::error::Error;
+
+/// One running instance of a deployment's type, with its in-flight count.
+pub(crate) struct Replica<T> {
+    pub(crate) instance: Arc<T>,
+    pub(crate) id: String,
+    in_flight: AtomicUsize,
+}
+
+impl<T> Replica<T> {
+    pub(crate) fn new(instance: T, id: String) -> Self {
+        Replica {
+            instance: Arc::new(instance),
+            id,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes a slot if fewer than `max` requests run here.
+    fn try_take(&self, max: usize) -> bool {
+        self.in_flight
+            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+}
+
+struct Queue<T> {
+    next_seq: u64,
+    waiters: BTreeMap<u64, oneshot::Sender<Arc<Replica<T>>>>,
+}
+
+/// Routes requests for one deployment to its replicas. See the module docs.
+pub(crate) struct Router<T> {
+    name: String,
+    replicas: ArcSwap<Vec<Arc<Replica<T>>>>,
+    max_ongoing: usize,
+    max_queued: Option<usize>,
+    queued: AtomicUsize,
+    queue: Mutex<Queue<T>>,
+}
+
+impl<T: Send + Sync + 'static> Router<T> {
+    pub(crate) fn new(name: String, max_ongoing: usize, max_queued: Option<usize>) -> Self {
+        Router {
+            name,
+            replicas: ArcSwap::from_pointee(Vec::new()),
+            max_ongoing,
+            max_queued,
+            queued: AtomicUsize::new(0),
+            queue: Mutex::new(Queue {
+                next_seq: 0,
+                waiters: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// The deployment's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Replaces the replica set (the controller is the only writer) and serves waiting requests.
+    pub(crate) fn set_replicas(&self, replicas: Vec<Arc<Replica<T>>>) {
+        self.replicas.store(Arc::new(replicas));
+        self.dispatch(&mut self.lock());
+    }
+
+    /// Number of replicas currently routed to.
+    pub(crate) fn num_replicas(&self) -> usize {
+        self.replicas.load().len()
+    }
+
+    /// Requests waiting for a slot.
+    pub(crate) fn num_queued(&self) -> usize {
+        self.queued.load(SeqCst)
+    }
+
+    /// Requests holding a slot on some replica.
+    pub(crate) fn num_ongoing(&self) -> usize {
+        self.replicas
+            .load()
+            .iter()
+            .map(|r| r.in_flight.load(SeqCst))
+            .sum()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue<T>> {
+        // The queue holds no invariant a panic could break half-way; keep serving.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Power of two choices, then a full scan, so that we only queue when every replica is full.
+    fn try_pick(&self) -> Option<Arc<Replica<T>>> {
+        let replicas = self.replicas.load();
+        let n = replicas.len();
+        match n {
+            0 => return None,
+            1 => {
+                let r = &replicas[0];
+                return r.try_take(self.max_ongoing).then(|| r.clone());
+            }
+            _ => {}
+        }
+        let a = fastrand::usize(..n);
+        let b = (a + 1 + fastrand::usize(..n - 1)) % n;
+        let (first, second) =
+            if replicas[a].in_flight.load(SeqCst) <= replicas[b].in_flight.load(SeqCst) {
+                (a, b)
+            } else {
+                (b, a)
+            };
+        for i in [first, second] {
+            if replicas[i].try_take(self.max_ongoing) {
+                return Some(replicas[i].clone());
+            }
+        }
+        replicas
+            .iter()
+            .find(|r| r.try_take(self.max_ongoing))
+            .cloned()
+    }
+
+    /// Serves queued requests from the head while slots are free. Called with the queue locked.
+    fn dispatch(&self, queue: &mut Queue<T>) {
+        while let Some(entry) = queue.waiters.first_entry() {
+            let Some(replica) = self.try_pick() else {
+                break;
+            };
+            let tx = entry.remove();
+            self.queued.fetch_sub(1, SeqCst);
+            if let Err(replica) = tx.send(replica) {
+                // Unreachable in practice (waiters leave the map before dropping their receiver),
+                // but never leak a slot.
+                replica.in_flight.fetch_sub(1, SeqCst);
+            }
+        }
+    }
+
+    fn release(&self, replica: &Replica<T>) {
+        replica.in_flight.fetch_sub(1, SeqCst);
+        // Pairs with the SeqCst increment of `queued` in `acquire`: either we see the waiter, or
+        // the waiter's own dispatch sees our free slot.
+        if self.queued.load(SeqCst) > 0 {
+            self.dispatch(&mut self.lock());
+        }
+    }
+
+    /// Waits for a slot on some replica, in FIFO order behind earlier waiters.
+    ///
+    /// Fails at once with [`Error::Backpressure`] when `max_queued_requests` are already waiting.
+    /// Cancel safe: dropping the future removes the request from the queue immediately.
+    pub(crate) fn acquire(self: &Arc<Self>) -> Acquire<T> {
+        if self.queued.load(SeqCst) == 0 {
+            if let Some(replica) = self.try_pick() {
+                return Acquire::Ready(Some(Slot {
+                    router: self.clone(),
+                    replica,
+                }));
+            }
+        }
+        let mut queue = self.lock();
+        if let Some(max) = self.max_queued {
+            let num_queued = queue.waiters.len();
+            if num_queued >= max {
+                return Acquire::Rejected(Some(Error::Backpressure {
+                    num_queued,
+                    max_queued: max,
+                }));
+            }
+        }
+        let seq = queue.next_seq;
+        queue.next_seq += 1;
+        let (tx, rx) = oneshot::channel();
+        queue.waiters.insert(seq, tx);
+        self.queued.fetch_add(1, SeqCst);
+        self.dispatch(&mut queue);
+        drop(queue);
+        Acquire::Waiting(Waiter {
+            router: self.clone(),
+            seq,
+            rx: Some(rx),
+        })
+    }
+}
+
+/// A slot on one replica; released (and handed to the next waiter) when dropped.
+pub(crate) struct Slot<T: Send + Sync + 'static> {
+    router: Arc<Router<T>>,
+    replica: Arc<Replica<T>>,
+}
+
+impl<T: Send + Sync + 'static> Slot<T> {
+    pub(crate) fn replica(&self) -> &Replica<T> {
+        &self.replica
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for Slot<T> {
+    fn drop(&mut self) {
+        self.router.release(&self.replica);
+    }
+}
+
+/// The future returned by [`Router::acquire`].
+pub(crate) enum Acquire<T: Send + Sync + 'static> {
+    Ready(Option<Slot<T>>),
+    Rejected(Option<Error>),
+    Waiting(Waiter<T>),
+}
+
+pub(crate) struct Waiter<T: Send + Sync + 'static> {
+    router: Arc<Router<T>>,
+    seq: u64,
+    rx: Option<oneshot::Receiver<Arc<Replica<T>>>>,
+}
+
+impl<T: Send + Sync + 'static> Future for Acquire<T> {
+    type Output = Result<Slot<T>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Acquire::Ready(slot) => Poll::Ready(Ok(slot.take().expect("polled after completion"))),
+            Acquire::Rejected(err) => Poll::Ready(Err(err.take().expect("polled after completion"))),
+            Acquire::Waiting(w) => {
+                let rx = w.rx.as_mut().expect("polled after completion");
+                match Pin::new(rx).poll(cx) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(result) => {
+                        w.rx = None;
+                        Poll::Ready(match result {
+                            Ok(replica) => Ok(Slot {
+                                router: w.router.clone(),
+                                replica,
+                            }),
+                            Err(_) => Err(Error::ShuttingDown(w.router.name.clone())),
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for Waiter<T> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let mut queue = self.router.lock();
+        if queue.waiters.remove(&self.seq).is_some() {
+            self.router.queued.fetch_sub(1, SeqCst);
+            return;
+        }
+        drop(queue);
+        // We were served between the last poll and the drop: give the slot back.
+        if let Ok(replica) = rx.try_recv() {
+            self.router.release(&replica);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    fn router(replicas: usize, max_ongoing: usize, max_queued: Option<usize>) -> Arc<Router<()>> {
+        let r = Arc::new(Router::new("d".into(), max_ongoing, max_queued));
+        r.set_replicas(
+            (0..replicas)
+                .map(|i| Arc::new(Replica::new((), i.to_string())))
+                .collect(),
+        );
+        r
+    }
+
+    #[test]
+    fn cap_is_strict_and_queue_is_fifo() {
+        let r = router(2, 2, None);
+        let slots: Vec<_> = (0..4)
+            .map(|_| r.acquire().now_or_never().unwrap().unwrap())
+            .collect();
+        assert_eq!(r.num_ongoing(), 4);
+        let mut first = r.acquire();
+        let mut second = r.acquire();
+        assert!((&mut first).now_or_never().is_none());
+        assert!((&mut second).now_or_never().is_none());
+        assert_eq!(r.num_queued(), 2);
+        let mut slots = slots;
+        drop(slots.remove(0));
+        assert!((&mut second).now_or_never().is_none(), "FIFO: head first");
+        let got = (&mut first).now_or_never().unwrap().unwrap();
+        assert_eq!(r.num_ongoing(), 4);
+        assert_eq!(r.num_queued(), 1);
+        drop(got);
+        assert!(second.now_or_never().unwrap().is_ok());
+    }
+
+    #[test]
+    fn backpressure_beyond_max_queued() {
+        let r = router(1, 1, Some(1));
+        let _slot = r.acquire().now_or_never().unwrap().unwrap();
+        let _queued = r.acquire();
+        let err = r.acquire().now_or_never().unwrap().err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "Request dropped due to backpressure (num_queued_requests=1, max_queued_requests=1)."
+        );
+    }
+
+    #[test]
+    fn abandoned_waiters_leave_at_once_even_after_hand_off() {
+        let r = router(1, 1, None);
+        let slot = r.acquire().now_or_never().unwrap().unwrap();
+        let waiters: Vec<_> = (0..10_000).map(|_| r.acquire()).collect();
+        assert_eq!(r.num_queued(), 10_000);
+        // Hand the slot to the head, then drop everyone without polling.
+        drop(slot);
+        assert_eq!(r.num_queued(), 9_999);
+        drop(waiters);
+        assert_eq!(r.num_queued(), 0);
+        assert_eq!(r.num_ongoing(), 0);
+    }
+
+    #[test]
+    fn no_replicas_means_wait_until_set() {
+        let r = Arc::new(Router::<()>::new("d".into(), 1, None));
+        let mut w = r.acquire();
+        assert!((&mut w).now_or_never().is_none());
+        r.set_replicas(vec![Arc::new(Replica::new((), "0".into()))]);
+        assert!(w.now_or_never().unwrap().is_ok());
+    }
+}

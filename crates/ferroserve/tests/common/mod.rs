@@ -1,0 +1,130 @@
+//! Shared test harness: servers on ephemeral ports, real HTTP clients, example processes.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use ferroserve::{Serve, Server};
+
+/// Starts `serve` on 127.0.0.1 with an ephemeral port.
+pub async fn start(serve: Serve) -> (Server, String) {
+    let server = serve
+        .host("127.0.0.1")
+        .port(0)
+        .start()
+        .await
+        .expect("server starts");
+    let base = format!("http://{}", server.local_addr());
+    (server, base)
+}
+
+/// An HTTP/1.1 client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .unwrap()
+}
+
+/// Waits until `cond` holds, checking every millisecond, failing after 10 s. For conditions
+/// that no event announces (counters inside the server), not as a fixed delay.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A running example binary (`cargo build --examples` must have built it).
+pub struct Example {
+    pub child: Child,
+    pub base: String,
+    pub stdout: mpsc::Receiver<String>,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+fn example_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let debug = exe.parent().unwrap().parent().unwrap();
+    let path = debug.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --examples` first",
+        path.display()
+    );
+    path
+}
+
+fn lines<R: std::io::Read + Send + 'static>(r: R) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Example {
+    /// Starts example `name` on an ephemeral port and waits for its listening line.
+    pub fn start(name: &str) -> Example {
+        let mut child = Command::new(example_path(name))
+            .env("FERROSERVE_PORT", "0")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("example starts");
+        let stdout: ChildStdout = child.stdout.take().unwrap();
+        let stdout = lines(stdout);
+        let stderr = lines(child.stderr.take().unwrap());
+        let base = loop {
+            let line = stderr
+                .recv_timeout(Duration::from_secs(30))
+                .expect("example prints its listening address");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.trim().to_owned();
+            }
+        };
+        Example {
+            child,
+            base,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The next line the example prints on stdout (within 10 s).
+    pub fn next_stdout(&self) -> String {
+        self.stdout
+            .recv_timeout(Duration::from_secs(10))
+            .expect("example printed a line")
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
