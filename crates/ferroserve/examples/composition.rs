@@ -5,9 +5,7 @@
 //! curl -X POST http://127.0.0.1:8000/ -d '[1, 2, 3.5]'   # {"sum":6.5,"replica":"Adder#0"}
 //! ```
 
-use ferroserve::{
-    Deployment, DeploymentHandle, Handles, HandlerError, Ingress, Json, Request,
-};
+use ferroserve::{Deployment, DeploymentHandle, HandlerError, Handles, Ingress, Json, Request};
 use serde_json::{json, Value};
 
 /// The "model": sums a vector. Each replica knows its own name.
@@ -43,12 +41,16 @@ impl Ingress for Api {
 
 fn main() -> Result<(), ferroserve::Error> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let adder = Deployment::new("Adder").num_replicas(2).bind(move || Adder {
-        replica: format!(
-            "Adder#{}",
-            next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ),
-    });
-    let api = Deployment::new("Api").with(adder).bind(|adder| Api { adder });
+    let adder = Deployment::new("Adder")
+        .num_replicas(2)
+        .bind(move || Adder {
+            replica: format!(
+                "Adder#{}",
+                next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+        });
+    let api = Deployment::new("Api")
+        .with(adder)
+        .bind(|adder| Api { adder });
     ferroserve::run(api)
 }

@@ -226,7 +226,8 @@ mod tests {
         struct Probe(RequestContext, Arc<std::sync::atomic::AtomicBool>);
         impl Drop for Probe {
             fn drop(&mut self) {
-                self.1.store(self.0.is_cancelled(), std::sync::atomic::Ordering::SeqCst);
+                self.1
+                    .store(self.0.is_cancelled(), std::sync::atomic::Ordering::SeqCst);
             }
         }
         let probe = Probe(child.clone(), seen.clone());
@@ -239,13 +240,19 @@ mod tests {
         assert!(!child.is_cancelled());
         drop(work);
         assert!(root.is_cancelled() && child.is_cancelled());
-        assert!(seen.load(std::sync::atomic::Ordering::SeqCst), "cancelled before the work dropped");
+        assert!(
+            seen.load(std::sync::atomic::Ordering::SeqCst),
+            "cancelled before the work dropped"
+        );
     }
 
     #[tokio::test]
     async fn finished_work_is_not_cancelled() {
         let root = RequestContext::new("id", None);
-        assert_eq!(CancelOnDrop::new(root.clone(), |_| {}, async { 7 }).await, 7);
+        assert_eq!(
+            CancelOnDrop::new(root.clone(), |_| {}, async { 7 }).await,
+            7
+        );
         assert!(!root.is_cancelled());
     }
 

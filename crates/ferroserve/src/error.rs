@@ -26,7 +26,10 @@ pub enum Fault {
 }
 
 /// A failure of a request, a handle call, or start-up.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same text as `Display`, so `fn main() -> Result<(), ferroserve::Error>`
+/// ends with a readable message.
+#[derive(thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// `max_queued_requests` was reached: the request was rejected before it was queued.
@@ -97,6 +100,12 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 impl Error {
     /// Whose fault this failure is.
     pub fn fault(&self) -> Fault {
@@ -124,15 +133,12 @@ impl Error {
             Error::Backpressure { .. } | Error::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
             // 499 is nginx's "client closed request"; nobody reads it but logs and metrics.
-            Error::Cancelled { .. } => {
-                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
-            }
+            Error::Cancelled { .. } => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::BadRequest { status, .. } => *status,
-            Error::Deployment { .. }
-            | Error::Startup { .. }
-            | Error::Config(_)
-            | Error::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Deployment { .. } | Error::Startup { .. } | Error::Config(_) | Error::Io(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

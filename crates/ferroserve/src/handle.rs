@@ -147,7 +147,10 @@ where
     let ctx = ctx.for_deployment(router.name());
     let replica = slot.replica().id.clone();
     let fut = f(slot.replica().instance.clone());
-    let outcome = ctx.clone().scope(AssertUnwindSafe(fut).catch_unwind()).await;
+    let outcome = ctx
+        .clone()
+        .scope(AssertUnwindSafe(fut).catch_unwind())
+        .await;
     drop(slot);
     outcome.map_err(|panic| {
         let detail = panic_message(&*panic);

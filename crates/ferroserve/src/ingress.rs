@@ -25,10 +25,10 @@ use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-#[allow(unused_imports)] // for docs
-use crate::error::HandlerError;
 use crate::context::RequestContext;
 use crate::error::Error;
+#[allow(unused_imports)] // for docs
+use crate::error::HandlerError;
 use crate::handle::run_on_replica;
 use crate::router::Router;
 

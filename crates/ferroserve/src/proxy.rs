@@ -48,9 +48,7 @@ pub(crate) struct ProxyState {
 
 impl ProxyState {
     fn route(&self, path: &str) -> Option<&Route> {
-        self.routes
-            .iter()
-            .find(|r| prefix_matches(&r.prefix, path))
+        self.routes.iter().find(|r| prefix_matches(&r.prefix, path))
     }
 }
 
@@ -108,7 +106,11 @@ fn internal_route(state: &ProxyState, route: &str) -> Response {
     match route {
         "healthz" => {
             if state.draining.load(Ordering::SeqCst) {
-                (StatusCode::SERVICE_UNAVAILABLE, "This node is being drained.").into_response()
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "This node is being drained.",
+                )
+                    .into_response()
             } else {
                 "success".into_response()
             }

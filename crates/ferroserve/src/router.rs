@@ -246,7 +246,9 @@ impl<T: Send + Sync + 'static> Future for Acquire<T> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.get_mut() {
             Acquire::Ready(slot) => Poll::Ready(Ok(slot.take().expect("polled after completion"))),
-            Acquire::Rejected(err) => Poll::Ready(Err(err.take().expect("polled after completion"))),
+            Acquire::Rejected(err) => {
+                Poll::Ready(Err(err.take().expect("polled after completion")))
+            }
             Acquire::Waiting(w) => {
                 let rx = w.rx.as_mut().expect("polled after completion");
                 match Pin::new(rx).poll(cx) {

@@ -50,12 +50,7 @@ impl Ingress for Echo {
         Ok(match request.path() {
             "/text" => "plain".into_response(),
             "/bytes" => vec![0u8, 1, 2].into_response(),
-            "/custom" => (
-                StatusCode::CREATED,
-                [("x-custom", "yes")],
-                "made",
-            )
-                .into_response(),
+            "/custom" => (StatusCode::CREATED, [("x-custom", "yes")], "made").into_response(),
             "/json" => {
                 let body: serde_json::Value = request.json().await?;
                 Json(body).into_response()
@@ -141,7 +136,10 @@ async fn malformed_json_is_a_400_with_the_parser_message() {
         .unwrap();
     assert_eq!(r.status(), 400);
     let text = r.text().await.unwrap();
-    assert!(text.starts_with("Invalid JSON body: key must be a string at line 1 column 2"), "{text}");
+    assert!(
+        text.starts_with("Invalid JSON body: key must be a string at line 1 column 2"),
+        "{text}"
+    );
     server.shutdown().await;
 }
 
@@ -161,9 +159,11 @@ async fn user_errors_and_panics_are_500_without_detail_and_replica_keeps_serving
 
 #[tokio::test]
 async fn unknown_path_is_404_with_ray_text_and_routes_lists_apps() {
-    let serve = Serve::new()
-        .app(echo_app("/api"))
-        .app(Application::new(Deployment::new("Counter").bind(|| Counter)).name("counter").route_prefix("/api/v2"));
+    let serve = Serve::new().app(echo_app("/api")).app(
+        Application::new(Deployment::new("Counter").bind(|| Counter))
+            .name("counter")
+            .route_prefix("/api/v2"),
+    );
     let (server, base) = start(serve).await;
     let c = client();
     let r = c.get(format!("{base}/apix")).send().await.unwrap();
@@ -177,13 +177,23 @@ async fn unknown_path_is_404_with_ray_text_and_routes_lists_apps() {
     // Longest prefix wins; `/api/v2x` belongs to `/api`.
     let r = c.get(format!("{base}/api/v2?k=v")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), r#"{"k":"v"}"#);
-    let v: serde_json::Value = c.get(format!("{base}/api/v2x")).send().await.unwrap().json().await.unwrap();
+    let v: serde_json::Value = c
+        .get(format!("{base}/api/v2x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["path"], "/v2x");
 
     let r = c.get(format!("{base}/-/routes")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let routes: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(routes, serde_json::json!({"/api": "echo", "/api/v2": "counter"}));
+    assert_eq!(
+        routes,
+        serde_json::json!({"/api": "echo", "/api/v2": "counter"})
+    );
     let r = c.get(format!("{base}/-/healthz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "success");
@@ -310,7 +320,11 @@ fn gate(deployment: Deployment) -> GateRig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_ongoing_requests_is_strict_under_200_concurrent_requests() {
-    let mut rig = gate(Deployment::new("Gate").num_replicas(2).max_ongoing_requests(5));
+    let mut rig = gate(
+        Deployment::new("Gate")
+            .num_replicas(2)
+            .max_ongoing_requests(5),
+    );
     let handle = rig.deployment.handle();
     let (server, base) = start(Serve::new().app(rig.deployment.clone())).await;
     let c = client();
@@ -331,7 +345,11 @@ async fn max_ongoing_requests_is_strict_under_200_concurrent_requests() {
         assert_eq!(r.await.unwrap(), 200);
     }
     for peak in rig.peaks.lock().unwrap().iter() {
-        assert_eq!(peak.load(Ordering::SeqCst), 5, "each replica ran exactly 5 at once");
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            5,
+            "each replica ran exactly 5 at once"
+        );
     }
     assert_eq!(rig.peak_total.load(Ordering::SeqCst), 10);
     assert_eq!((handle.num_queued(), handle.num_ongoing()), (0, 0));
@@ -340,7 +358,11 @@ async fn max_ongoing_requests_is_strict_under_200_concurrent_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backpressure_is_503_with_ray_text_and_retry_after() {
-    let mut rig = gate(Deployment::new("Gate").max_ongoing_requests(1).max_queued_requests(2));
+    let mut rig = gate(
+        Deployment::new("Gate")
+            .max_ongoing_requests(1)
+            .max_queued_requests(2),
+    );
     let handle = rig.deployment.handle();
     let (server, base) = start(Serve::new().app(rig.deployment.clone())).await;
     let c = client();
@@ -386,7 +408,10 @@ async fn abandoned_http_requests_leave_the_queue_and_the_replica() {
         r.abort();
     }
     eventually("queue empty", || handle.num_queued() == 0).await;
-    rig.cancelled.recv().await.expect("the running request observed its cancellation");
+    rig.cancelled
+        .recv()
+        .await
+        .expect("the running request observed its cancellation");
     eventually("nothing in flight", || handle.num_ongoing() == 0).await;
     // A queued request may have been handed the slot before its own disconnect was seen; every
     // request that reached the replica was cancelled there, and none completed.
@@ -418,8 +443,14 @@ async fn timeout_is_408_with_ray_text_and_cancels_the_work() {
         .unwrap();
     assert_eq!(r.status(), 408);
     assert_eq!(r.headers()["x-request-id"], "slow-1");
-    assert_eq!(r.text().await.unwrap(), "Request slow-1 timed out after 0.2s.");
-    rig.cancelled.recv().await.expect("the handler was cancelled");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "Request slow-1 timed out after 0.2s."
+    );
+    rig.cancelled
+        .recv()
+        .await
+        .expect("the handler was cancelled");
     server.shutdown().await;
 }
 
@@ -437,7 +468,10 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new_connections() {
     let addr = server.local_addr();
     let shutdown = tokio::spawn(server.shutdown());
     // The listener closes: new connections are refused while the old request is still running.
-    eventually("listener closed", || std::net::TcpStream::connect(addr).is_err()).await;
+    eventually("listener closed", || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
     assert!(!shutdown.is_finished());
     rig.permits.add_permits(1);
     assert_eq!(in_flight.await.unwrap(), "done");
@@ -451,7 +485,9 @@ async fn keep_alive_connections_close_after_the_idle_timeout() {
     let mut tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
         .await
         .unwrap();
-    tcp.write_all(b"GET /?a=1 HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET /?a=1 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = vec![0u8; 4096];
     let n = tcp.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));

@@ -23,10 +23,7 @@ pub async fn start(serve: Serve) -> (Server, String) {
 
 /// An HTTP/1.1 client.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .http1_only()
-        .build()
-        .unwrap()
+    reqwest::Client::builder().http1_only().build().unwrap()
 }
 
 /// Waits until `cond` holds, checking every millisecond, failing after 10 s. For conditions
@@ -114,10 +111,7 @@ impl Example {
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         self.child.wait().unwrap()
     }
 }
