@@ -9,6 +9,39 @@
 //! it is awaiting. The context's token is cancelled at the same moment, so code that must *observe*
 //! cancellation (the seed's `except asyncio.CancelledError:`) or blocking code that polls a flag can
 //! do so.
+//!
+//! The idioms, for the seed's Python on the left:
+//!
+//! | Ray Serve | ferroserve |
+//! |---|---|
+//! | `except asyncio.CancelledError: print("cancelled")` | `let _guard = ferroserve::on_cancel(\|\| println!("cancelled"));` before the awaits |
+//! | `await asyncio.shield(work())` | `ferroserve::shield(work()).await` (runs to completion on its own task) |
+//! | code that never awaits cannot be interrupted | blocking code polls `ctx.is_cancelled()` (one atomic load) and stops early |
+//! | async clean-up after cancellation | `tokio::spawn(async move { ctx.cancelled().await; cleanup().await })` |
+//!
+//! ```
+//! # use ferroserve::{Ingress, Request};
+//! struct Model;
+//!
+//! impl Ingress for Model {
+//!     type Output = String;
+//!     async fn call(&self, request: Request) -> String {
+//!         let _guard = ferroserve::on_cancel(|| println!("Request got cancelled!"));
+//!         let ctx = request.context().clone();
+//!         // CPU-bound work on a blocking thread stops as soon as the request is cancelled.
+//!         let steps = tokio::task::spawn_blocking(move || {
+//!             let mut steps = 0u64;
+//!             while steps < 1_000 && !ctx.is_cancelled() {
+//!                 steps += 1; // one unit of inference
+//!             }
+//!             steps
+//!         })
+//!         .await
+//!         .unwrap();
+//!         format!("{steps} steps")
+//!     }
+//! }
+//! ```
 
 use std::future::Future;
 use std::pin::Pin;
@@ -180,6 +213,44 @@ impl<F: Future> Future for CancelOnDrop<F> {
         let out = std::task::ready!(this.fut.poll(cx));
         *this.ctx = None;
         Poll::Ready(out)
+    }
+}
+
+/// Runs `f` if the current request is cancelled while the returned guard is alive: the seed's
+/// `except asyncio.CancelledError:`.
+///
+/// Create the guard at the top of a handler; when the request is cancelled (client disconnect,
+/// timeout, or the caller dropping a handle call), the handler's future is dropped, the guard with
+/// it, and `f` runs on the spot (the context is already marked cancelled by then). When the
+/// handler finishes normally, `f` does not run. Outside a request the guard never fires.
+pub fn on_cancel<F: FnOnce()>(f: F) -> OnCancel<F> {
+    OnCancel {
+        ctx: current(),
+        f: Some(f),
+    }
+}
+
+/// The guard returned by [`on_cancel`].
+#[must_use = "the callback runs when this guard is dropped during cancellation; bind it to a variable"]
+pub struct OnCancel<F: FnOnce()> {
+    ctx: Option<RequestContext>,
+    f: Option<F>,
+}
+
+impl<F: FnOnce()> OnCancel<F> {
+    /// Drops the guard without ever running the callback.
+    pub fn disarm(mut self) {
+        self.f = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for OnCancel<F> {
+    fn drop(&mut self) {
+        if let (Some(ctx), Some(f)) = (&self.ctx, self.f.take()) {
+            if ctx.is_cancelled() {
+                f();
+            }
+        }
     }
 }
 

@@ -78,9 +78,11 @@ impl<T: Send + Sync + 'static> DeploymentHandle<T> {
 
     /// Calls the deployment's `Handles<M>` method with `msg` on one of its replicas.
     ///
-    /// Errors: [`Error::Backpressure`] when its queue is full, [`Error::Timeout`] when the
-    /// request's deadline passes, [`Error::Deployment`] when the method panics. Cancel safe:
-    /// dropping the future cancels the call.
+    /// Errors: [`Error::Backpressure`] when its queue is full, [`Error::Deployment`] when the
+    /// method panics. The caller's deadline travels with the call (the callee sees it in
+    /// [`RequestContext::deadline`]) and is enforced where it was set: when an HTTP request
+    /// times out, the proxy drops it with every handle call it awaits. Cancel safe: dropping the
+    /// future cancels the call, and the callee's context is cancelled before its future drops.
     pub async fn remote<M>(&self, msg: M) -> Result<T::Output, Error>
     where
         T: Handles<M>,
@@ -101,18 +103,10 @@ impl<T: Send + Sync + 'static> DeploymentHandle<T> {
             Some(parent) => parent.child(self.router.name()),
             None => RequestContext::new(uuid_v4(), None),
         };
+        // The deadline is enforced where it was set (the proxy drops the whole request, handle
+        // calls included); the callee sees it as `ctx.deadline()`.
         let call = run_on_replica(&self.router, ctx.clone(), f);
-        let call = CancelOnDrop::new(ctx.clone(), |_| {}, call);
-        match ctx.deadline() {
-            None => call.await,
-            Some(deadline) => match tokio::time::timeout_at(deadline, call).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::Timeout {
-                    request_id: ctx.request_id().to_owned(),
-                    timeout: ctx.timeout().unwrap_or_default(),
-                }),
-            },
-        }
+        CancelOnDrop::new(ctx, |_| {}, call).await
     }
 
     /// Requests waiting for a replica of this deployment.

@@ -47,7 +47,7 @@ mod router;
 pub mod serve;
 
 pub use app::Application;
-pub use context::{current, shield, RequestContext};
+pub use context::{current, on_cancel, shield, OnCancel, RequestContext};
 pub use deployment::{BoundDeployment, Deployment, DeploymentOptions};
 pub use error::{BoxError, Error, Fault, HandlerError};
 pub use handle::{DeploymentHandle, Handles};

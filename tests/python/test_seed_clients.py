@@ -1,0 +1,41 @@
+"""The seed's own client code (Python `requests`), run against the ferroserve examples."""
+
+import time
+
+import requests
+from requests.exceptions import Timeout
+
+
+def test_counter(example):
+    ex = example("counter")
+    assert requests.get(f"{ex.base}/?a=b&c=d").json() == {"a": "b", "c": "d"}
+    ex.stop()
+
+
+def test_basic_disconnect(example):
+    ex = example("disconnect")
+    try:
+        requests.get(ex.base, timeout=0.5)
+        raise AssertionError("the request should time out")
+    except Timeout:
+        print("Request timed out!")
+    assert ex.next_line()[1] == "Replica received request!"
+    assert ex.next_line()[1] == "Request got cancelled!"
+    ex.stop()
+
+
+def test_shielded_disconnect(example):
+    ex = example("shielded_disconnect")
+    began = time.monotonic()
+    try:
+        requests.get(ex.base, timeout=0.5)
+        raise AssertionError("the request should time out")
+    except Timeout:
+        print("Request timed out!")
+    assert ex.next_line()[1] == "SnoringSleeper received request!"
+    assert ex.next_line()[1] == "SnoringSleeper's request was cancelled!"
+    at, line = ex.next_line()
+    assert line == "ZZZ"
+    # The shielded snore still finishes, one second after the request began.
+    assert 0.9 <= at - began < 3.0, at - began
+    ex.stop()
