@@ -209,3 +209,27 @@ pub(crate) async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn healthz_fails_with_a_reason_while_draining() {
+        let state = ProxyState {
+            routes: Vec::new(),
+            request_timeout: None,
+            draining: AtomicBool::new(false),
+            host: "127.0.0.1:8000".into(),
+        };
+        assert_eq!(internal_route(&state, "healthz").status(), StatusCode::OK);
+        state.draining.store(true, Ordering::SeqCst);
+        let r = internal_route(&state, "healthz");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = http_body_util::BodyExt::collect(r.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], b"This node is being drained.");
+    }
+}

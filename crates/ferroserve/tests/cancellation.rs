@@ -361,6 +361,13 @@ async fn disconnect_example_prints_both_lines_when_the_client_gives_up() {
     let ex = tokio::task::spawn_blocking(move || {
         assert_eq!(ex.next_stdout(), "Replica received request!");
         assert_eq!(ex.next_stdout(), "Request got cancelled!");
+        // The proxy logs the disconnect with the request id.
+        let logged = std::iter::from_fn(|| ex.stderr.recv_timeout(Duration::from_secs(10)).ok())
+            .find(|line| {
+                line.contains("Client for request ")
+                    && line.ends_with(" disconnected, cancelling request.")
+            });
+        assert!(logged.is_some(), "disconnect logged");
         ex
     })
     .await
