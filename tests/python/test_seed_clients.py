@@ -39,3 +39,23 @@ def test_shielded_disconnect(example):
     # The shielded snore still finishes, one second after the request began.
     assert 0.9 <= at - began < 3.0, at - began
     ex.stop()
+
+
+def test_fastapi_hello(example):
+    ex = example("fastapi_hello")
+    resp = requests.get(f"{ex.base}/hello")
+    assert resp.json() == "Hello, world!"
+
+
+def test_fastapi_multi_routes(example):
+    ex = example("fastapi_multi_routes")
+    resp = requests.get(f"{ex.base}/hello")
+    assert resp.json() == "Hello, world!"
+    resp = requests.post(f"{ex.base}/hello/Serve")
+    assert resp.json() == "Hello from Serve!"
+
+
+def test_byo_router(example):
+    ex = example("byo_router")
+    resp = requests.get(f"{ex.base}/")
+    assert resp.json() == "Hello from the root!"

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::api::{build_api, build_router, ApiEndpoint, ApiIngress, ServeRouter};
 use crate::deployment::{BoundDeployment, NodeRef};
 use crate::error::Error;
 use crate::ingress::{HttpEndpoint, Ingress, IngressEndpoint};
@@ -37,13 +38,48 @@ impl std::fmt::Debug for Application {
 impl Application {
     /// An application whose ingress is the raw-request deployment `ingress`.
     pub fn new<T: Ingress>(ingress: BoundDeployment<T>) -> Self {
+        Self::with_endpoint(
+            &ingress,
+            Arc::new(IngressEndpoint {
+                router: ingress.router().clone(),
+            }),
+        )
+    }
+
+    /// An application whose ingress is a FastAPI-style [`ApiIngress`] deployment: typed routes,
+    /// validation, `{route_prefix}/openapi.json` and `{route_prefix}/docs`.
+    pub fn api<T: ApiIngress>(ingress: BoundDeployment<T>) -> Self {
+        Self::with_endpoint(
+            &ingress,
+            Arc::new(ApiEndpoint {
+                router: ingress.router().clone(),
+                build: build_api::<T>,
+            }),
+        )
+    }
+
+    /// An application that serves an existing router unchanged, replicated: each replica's
+    /// constructor returns an `axum::Router` (or a documented `ApiRouter<()>`) with its own
+    /// state and layers.
+    pub fn router<R: ServeRouter>(app: BoundDeployment<R>) -> Self {
+        Self::with_endpoint(
+            &app,
+            Arc::new(ApiEndpoint {
+                router: app.router().clone(),
+                build: build_router::<R>,
+            }),
+        )
+    }
+
+    fn with_endpoint<T: Send + Sync + 'static>(
+        root: &BoundDeployment<T>,
+        endpoint: Arc<dyn HttpEndpoint>,
+    ) -> Self {
         Application {
             name: "default".to_owned(),
             route_prefix: "/".to_owned(),
-            endpoint: Arc::new(IngressEndpoint {
-                router: ingress.router().clone(),
-            }),
-            root: ingress.node_ref(),
+            endpoint,
+            root: root.node_ref(),
         }
     }
 

@@ -263,6 +263,9 @@ pub(crate) trait AnyNode: Send + Sync {
     fn deps(&self) -> &[NodeRef];
     /// Starts the dependencies, then this deployment's replicas. Idempotent.
     fn start(self: Arc<Self>) -> BoxFuture<'static, Result<(), Error>>;
+    /// Stops routing to the replicas and drops them (each instance drops when its last request
+    /// finishes).
+    fn stop(&self);
 }
 
 /// A reference to a node of the application graph (opaque).
@@ -325,6 +328,17 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
                 .map(|_| ())
         }
         .boxed()
+    }
+
+    fn stop(&self) {
+        self.stop_replicas();
+    }
+}
+
+impl<T: Send + Sync + 'static> Node<T> {
+    fn stop_replicas(&self) {
+        self.router.set_replicas(Vec::new());
+        tracing::info!(deployment = %self.name, "deployment stopped");
     }
 }
 

@@ -22,7 +22,7 @@ use futures_util::FutureExt;
 use crate::context::{self, CancelOnDrop, RequestContext};
 use crate::deployment::panic_message;
 use crate::error::Error;
-use crate::router::Router;
+use crate::router::{Replica, Router};
 
 /// A deployment method callable through a handle: the deployment answers message `M`.
 ///
@@ -105,7 +105,9 @@ impl<T: Send + Sync + 'static> DeploymentHandle<T> {
         };
         // The deadline is enforced where it was set (the proxy drops the whole request, handle
         // calls included); the callee sees it as `ctx.deadline()`.
-        let call = run_on_replica(&self.router, ctx.clone(), f);
+        let call = run_on_replica(&self.router, ctx.clone(), |replica| {
+            f(replica.instance.clone())
+        });
         CancelOnDrop::new(ctx, |_| {}, call).await
     }
 
@@ -134,22 +136,20 @@ pub(crate) async fn run_on_replica<T, F, Fut>(
 ) -> Result<Fut::Output, Error>
 where
     T: Send + Sync + 'static,
-    F: FnOnce(Arc<T>) -> Fut,
+    F: FnOnce(&Replica<T>) -> Fut,
     Fut: Future,
 {
     let slot = router.acquire().await?;
     let ctx = ctx.for_deployment(router.name());
-    let replica = slot.replica().id.clone();
-    let fut = f(slot.replica().instance.clone());
+    let fut = f(slot.replica());
     let outcome = ctx
         .clone()
         .scope(AssertUnwindSafe(fut).catch_unwind())
         .await;
-    drop(slot);
     outcome.map_err(|panic| {
         let detail = panic_message(&*panic);
         tracing::error!(
-            replica = %replica,
+            replica = %slot.replica().id,
             request_id = ctx.request_id(),
             "handler {detail}"
         );

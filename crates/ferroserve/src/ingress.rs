@@ -32,7 +32,8 @@ use crate::error::HandlerError;
 use crate::handle::run_on_replica;
 use crate::router::Router;
 
-pub use axum::Json;
+#[allow(unused_imports)] // for docs
+use crate::api::Json;
 
 /// A deployment that serves HTTP requests directly (the seed's `__call__`).
 ///
@@ -284,8 +285,9 @@ impl<T: Ingress> HttpEndpoint for IngressEndpoint<T> {
         let router = self.router.clone();
         async move {
             let request = Request::new(request, root_path, ctx.clone());
-            run_on_replica(&router, ctx, move |instance: Arc<T>| async move {
-                instance.call(request).await.into_response()
+            run_on_replica(&router, ctx, move |replica| {
+                let instance = replica.instance.clone();
+                async move { instance.call(request).await.into_response() }
             })
             .await
             .unwrap_or_else(IntoResponse::into_response)

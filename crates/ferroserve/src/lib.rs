@@ -33,9 +33,11 @@
 //! | `DeploymentHandle`, `.remote()` | [`handle`] |
 //! | routing over replicas, `max_ongoing_requests`, `max_queued_requests` | `router` (internal) |
 //! | `__call__(self, request)` | [`ingress`] |
+//! | `@serve.ingress(FastAPI())`, validation, `/docs` | [`api`] |
 //! | request id, timeout, cancellation, `asyncio.shield` | [`context`] |
 //! | status codes and messages | [`error`] |
 
+pub mod api;
 pub mod app;
 pub mod context;
 pub mod deployment;
@@ -46,12 +48,13 @@ mod proxy;
 mod router;
 pub mod serve;
 
+pub use api::Json;
 pub use app::Application;
 pub use context::{current, on_cancel, shield, OnCancel, RequestContext};
 pub use deployment::{BoundDeployment, Deployment, DeploymentOptions};
 pub use error::{BoxError, Error, Fault, HandlerError};
 pub use handle::{DeploymentHandle, Handles};
-pub use ingress::{Ingress, Json, QueryParams, Request};
+pub use ingress::{Ingress, QueryParams, Request};
 pub use serve::{init_logging, run, HttpOptions, Serve, Server};
 
 pub use axum::response::{IntoResponse, Response};

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
@@ -30,6 +30,8 @@ use crate::error::Error;
 pub(crate) struct Replica<T> {
     pub(crate) instance: Arc<T>,
     pub(crate) id: String,
+    /// The replica's HTTP app (axum router), built on first use by an API ingress.
+    pub(crate) http: OnceLock<crate::api::HttpApp>,
     in_flight: AtomicUsize,
 }
 
@@ -38,6 +40,7 @@ impl<T> Replica<T> {
         Replica {
             instance: Arc::new(instance),
             id,
+            http: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
         }
     }

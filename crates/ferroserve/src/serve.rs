@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::app::{validate_route_prefix, Application};
+use crate::deployment::NodeRef;
 use crate::error::Error;
 use crate::proxy::{self, ConnOptions, ProxyState, Route};
 
@@ -150,9 +151,13 @@ impl Serve {
                 endpoint: app.endpoint.clone(),
             });
         }
+        let mut nodes: Vec<NodeRef> = Vec::new();
         for app in &apps {
             for node in app.deployments()? {
-                node.0.start().await?;
+                node.0.clone().start().await?;
+                if !nodes.iter().any(|n| n.same(&node)) {
+                    nodes.push(node);
+                }
             }
             tracing::info!(app = %app.name, route_prefix = %app.route_prefix, "application running");
         }
@@ -181,6 +186,7 @@ impl Serve {
             local_addr,
             stop: stop_tx,
             task,
+            nodes,
         })
     }
 
@@ -201,6 +207,7 @@ pub struct Server {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    nodes: Vec<NodeRef>,
 }
 
 impl Server {
@@ -210,10 +217,14 @@ impl Server {
     }
 
     /// Drains and stops: refuses new connections, fails `/-/healthz`, waits for in-flight
-    /// requests (up to the graceful timeout), then returns.
+    /// requests (up to the graceful timeout), then releases every replica, so that each
+    /// instance's `Drop` (the deployment's shutdown hook) runs once its last request is done.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        for node in self.nodes.iter().rev() {
+            node.0.stop();
+        }
     }
 }
 

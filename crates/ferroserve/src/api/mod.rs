@@ -1,0 +1,322 @@
+//! FastAPI-style ingress on axum: typed routes with `self`, validation, dependency injection,
+//! middleware, and OpenAPI 3.1 docs.
+//!
+//! An [`ApiIngress`] deployment declares its routes as an [`ApiRouter`] whose state is the
+//! replica's own instance: `State(this): State<Arc<Self>>` is the seed's `self`. Each replica gets
+//! its own router (built once, on its first request), and ferroserve routes requests over the
+//! replicas exactly as for raw ingress. An existing `axum::Router` (or `ApiRouter<()>`) with its
+//! own state and layers is served unchanged with [`crate::Application::router`].
+//!
+//! | FastAPI | ferroserve |
+//! |---|---|
+//! | `@app.get("/{id}")` with typed params | `.api_route("/{id}", get(handler))`, `Path<T>`, `Query<T>`, `Json<T>` |
+//! | pydantic model + constraints, 422 | `#[derive(Deserialize, JsonSchema, garde::Validate)]` + [`Valid`]`<Json<T>>` |
+//! | `Depends(get_db)` | any axum extractor (`FromRequestParts`), or a field of `self` built once per replica |
+//! | middleware | tower layers: `.layer(...)` on the router |
+//! | `/docs`, `/openapi.json` | `{route_prefix}/docs`, `{route_prefix}/openapi.json` (assets built in) |
+//! | `root_path` | [`RootPath`] |
+//!
+//! Unknown paths under the prefix answer `404 {"detail":"Not Found"}`, a known path with another
+//! method `405 {"detail":"Method Not Allowed"}` with `Allow`.
+
+mod extract;
+mod rejection;
+
+use std::sync::Arc;
+
+use aide::openapi::{Info, OpenApi, Server};
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use futures_util::future::{BoxFuture, FutureExt};
+use http::{header, HeaderValue, Method, StatusCode, Uri};
+use tower::ServiceExt;
+
+use crate::context::RequestContext;
+use crate::handle::run_on_replica;
+use crate::ingress::HttpEndpoint;
+use crate::router::{Replica, Router};
+
+pub use aide::axum::routing;
+pub use aide::axum::ApiRouter;
+pub use extract::{Json, Path, Query, RootPath, Valid, Validatable};
+pub use rejection::{DetailError, ErrorDetail, Rejection, ValidationError};
+
+/// A deployment whose HTTP interface is a set of typed routes (the seed's `@serve.ingress(app)`).
+///
+/// ```
+/// use std::sync::Arc;
+/// use axum::extract::State;
+/// use ferroserve::api::{routing::get, ApiIngress, ApiRouter, Json};
+///
+/// struct MyFastAPIDeployment;
+///
+/// impl MyFastAPIDeployment {
+///     async fn root(State(_this): State<Arc<Self>>) -> Json<&'static str> {
+///         Json("Hello, world!")
+///     }
+/// }
+///
+/// impl ApiIngress for MyFastAPIDeployment {
+///     fn routes() -> ApiRouter<Arc<Self>> {
+///         ApiRouter::new().api_route("/", get(Self::root))
+///     }
+/// }
+/// ```
+pub trait ApiIngress: Send + Sync + 'static {
+    /// The routes, relative to the application's route prefix. Called once to build the OpenAPI
+    /// document and once per replica.
+    fn routes() -> ApiRouter<Arc<Self>>;
+}
+
+/// An existing router served as a deployment: `axum::Router` (no OpenAPI document) or
+/// `ApiRouter<()>` (documented).
+pub trait ServeRouter: Send + Sync + 'static {
+    /// The router one replica serves, and its OpenAPI document if it has one.
+    fn router(&self) -> (axum::Router, Option<OpenApi>);
+}
+
+impl ServeRouter for axum::Router {
+    fn router(&self) -> (axum::Router, Option<OpenApi>) {
+        (self.clone(), None)
+    }
+}
+
+impl ServeRouter for ApiRouter<()> {
+    fn router(&self) -> (axum::Router, Option<OpenApi>) {
+        let mut api = OpenApi::default();
+        let router = self.clone().finish_api(&mut api);
+        name_path_params(&mut api);
+        (router, Some(api))
+    }
+}
+
+/// One replica's HTTP app.
+pub(crate) struct HttpApp {
+    router: axum::Router,
+    openapi: Option<Arc<OpenApi>>,
+}
+
+/// Where [`Path`] leaves the schemas of unnamed path parameters for [`name_path_params`].
+pub(crate) const PATH_PARAMS_EXT: &str = "x-ferroserve-path-params";
+
+/// Names the path parameters of `Path<i64>`/`Path<(String, u32)>` extractors after the route's
+/// `{name}` segments, in order, and documents them as required path parameters.
+fn name_path_params(api: &mut OpenApi) {
+    use aide::openapi::{
+        Parameter, ParameterData, ParameterSchemaOrContent, PathStyle, ReferenceOr, SchemaObject,
+    };
+    let Some(paths) = api.paths.as_mut() else {
+        return;
+    };
+    for (path, item) in paths.paths.iter_mut() {
+        let ReferenceOr::Item(item) = item else {
+            continue;
+        };
+        let names: Vec<&str> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| name.trim_start_matches('*'))
+            .collect();
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.options,
+            &mut item.head,
+            &mut item.patch,
+            &mut item.trace,
+        ];
+        for op in ops.into_iter().flatten() {
+            let Some(serde_json::Value::Array(schemas)) =
+                op.extensions.shift_remove(PATH_PARAMS_EXT)
+            else {
+                continue;
+            };
+            for (name, schema) in names.iter().zip(schemas) {
+                let Ok(json_schema) = schemars::Schema::try_from(schema) else {
+                    continue;
+                };
+                op.parameters.push(ReferenceOr::Item(Parameter::Path {
+                    parameter_data: ParameterData {
+                        name: (*name).to_owned(),
+                        description: None,
+                        required: true,
+                        format: ParameterSchemaOrContent::Schema(SchemaObject {
+                            json_schema,
+                            example: None,
+                            external_docs: None,
+                        }),
+                        extensions: Default::default(),
+                        deprecated: None,
+                        example: None,
+                        examples: Default::default(),
+                        explode: None,
+                    },
+                    style: PathStyle::Simple,
+                }));
+            }
+        }
+    }
+}
+
+pub(crate) fn build_api<T: ApiIngress>(instance: &Arc<T>) -> HttpApp {
+    let mut api = OpenApi::default();
+    let router = T::routes()
+        .finish_api(&mut api)
+        .with_state(instance.clone());
+    name_path_params(&mut api);
+    HttpApp {
+        router,
+        openapi: Some(Arc::new(api)),
+    }
+}
+
+pub(crate) fn build_router<T: ServeRouter>(instance: &Arc<T>) -> HttpApp {
+    let (router, openapi) = instance.router();
+    HttpApp {
+        router,
+        openapi: openapi.map(Arc::new),
+    }
+}
+
+/// The endpoint of an axum-based ingress.
+pub(crate) struct ApiEndpoint<T: Send + Sync + 'static> {
+    pub(crate) router: Arc<Router<T>>,
+    pub(crate) build: fn(&Arc<T>) -> HttpApp,
+}
+
+const DOCS_HTML: &str = include_str!("docs.html");
+
+impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
+    fn serve(
+        &self,
+        request: http::Request<Body>,
+        root_path: Arc<str>,
+        ctx: RequestContext,
+    ) -> BoxFuture<'static, Response> {
+        let router = self.router.clone();
+        let build = self.build;
+        let title = router.name().to_owned();
+        async move {
+            run_on_replica(&router, ctx.clone(), move |replica: &Replica<T>| {
+                let app = replica.http.get_or_init(|| build(&replica.instance));
+                let (axum_router, openapi) = (app.router.clone(), app.openapi.clone());
+                async move { serve_app(axum_router, openapi, title, request, root_path, ctx).await }
+            })
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
+        }
+        .boxed()
+    }
+}
+
+async fn serve_app(
+    router: axum::Router,
+    openapi: Option<Arc<OpenApi>>,
+    title: String,
+    request: http::Request<Body>,
+    root_path: Arc<str>,
+    ctx: RequestContext,
+) -> Response {
+    let root = if &*root_path == "/" { "" } else { &*root_path };
+    let (mut parts, body) = request.into_parts();
+    let full = parts.uri.path();
+    let rel = match &full[root.len().min(full.len())..] {
+        "" => "/",
+        rel => rel,
+    }
+    .to_owned();
+    if let (Some(doc), true) = (&openapi, parts.method == Method::GET) {
+        match rel.as_str() {
+            "/openapi.json" => return openapi_json(doc, &title, root),
+            "/docs" => return docs_page(root),
+            _ => {}
+        }
+    }
+    if !root.is_empty() {
+        let rewritten = match parts.uri.query() {
+            Some(q) => format!("{rel}?{q}"),
+            None => rel,
+        };
+        match rewritten.parse::<Uri>() {
+            Ok(uri) => parts.uri = uri,
+            Err(_) => return (StatusCode::BAD_REQUEST, "Invalid request path").into_response(),
+        }
+    }
+    parts.extensions.insert(RootPath(root.to_owned()));
+    parts.extensions.insert(ctx);
+    let response = match router.oneshot(http::Request::from_parts(parts, body)).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    fastapi_defaults(response)
+}
+
+/// axum answers unknown routes and methods with empty bodies; FastAPI with `{"detail": ...}`.
+fn fastapi_defaults(response: Response) -> Response {
+    let status = response.status();
+    let empty = !response.headers().contains_key(header::CONTENT_TYPE);
+    if !empty || !(status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED) {
+        return response;
+    }
+    let (parts, _) = response.into_parts();
+    let detail = if status == StatusCode::NOT_FOUND {
+        "Not Found"
+    } else {
+        "Method Not Allowed"
+    };
+    let mut fresh = (status, axum::Json(serde_json::json!({ "detail": detail }))).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        fresh.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    fresh
+}
+
+fn openapi_json(doc: &OpenApi, title: &str, root: &str) -> Response {
+    let mut doc = doc.clone();
+    if doc.info.title.is_empty() {
+        doc.info = Info {
+            title: title.to_owned(),
+            version: "0.1.0".to_owned(),
+            ..Info::default()
+        };
+    }
+    doc.servers = vec![Server {
+        url: if root.is_empty() {
+            "/".to_owned()
+        } else {
+            root.to_owned()
+        },
+        ..Server::default()
+    }];
+    axum::Json(doc).into_response()
+}
+
+fn docs_page(root: &str) -> Response {
+    let html = DOCS_HTML.replace("__OPENAPI_URL__", &format!("{root}/openapi.json"));
+    let mut response = html.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<RequestContext>()
+            .cloned()
+            .or_else(crate::context::current)
+            .unwrap_or_else(|| RequestContext::new(crate::handle::uuid_v4(), None)))
+    }
+}
+
+impl aide::OperationInput for RequestContext {}
