@@ -193,8 +193,9 @@ impl Serve {
     /// Starts the server, serves until Ctrl-C or SIGTERM, then drains (`/-/healthz` turns 503,
     /// new connections are refused, in-flight requests finish up to the graceful timeout).
     pub async fn run(self) -> Result<(), Error> {
+        let signal = shutdown_signal();
         let server = self.start().await?;
-        shutdown_signal().await;
+        signal.await;
         tracing::info!("shutdown signal received");
         server.shutdown().await;
         Ok(())
@@ -228,24 +229,31 @@ impl Server {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Waits for Ctrl-C or SIGTERM. The handlers are installed when this is called, not when it is
+/// first polled, so call it before the server announces itself.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut i), Ok(mut t)) => {
+                    tokio::select! {
+                        _ = i.recv() => {},
+                        _ = t.recv() => {},
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
