@@ -59,3 +59,42 @@ def test_byo_router(example):
     ex = example("byo_router")
     resp = requests.get(f"{ex.base}/")
     assert resp.json() == "Hello from the root!"
+
+
+def test_streaming(example):
+    ex = example("streaming")
+    r = requests.get(f"{ex.base}?max=10", stream=True)
+    start = time.time()
+    r.raise_for_status()
+    got = []
+    for chunk in r.iter_content(chunk_size=None, decode_unicode=True):
+        print(f"Got result {round(time.time()-start, 1)}s after start: '{chunk}'")
+        got.append((chunk, time.time() - start))
+    assert [c for c, _ in got] == [str(i) for i in range(10)]
+    # One chunk every 0.1 s, each arriving as it is produced.
+    for i, (_, at) in enumerate(got):
+        assert abs(at - 0.1 * i) < 0.08, got
+
+
+def test_streaming_cancel(example):
+    ex = example("streaming_cancel")
+    r = requests.get(ex.base, stream=True)
+    start = time.time()
+    r.raise_for_status()
+    for i, chunk in enumerate(r.iter_content(chunk_size=None, decode_unicode=True)):
+        print(f"Got result {round(time.time()-start, 1)}s after start: '{chunk}'")
+        if i == 10:
+            print("Client disconnecting")
+            break
+    r.close()
+    assert ex.next_line()[1] == "Cancelled! Exiting."
+
+
+def test_websocket_echo(example):
+    from websockets.sync.client import connect
+
+    ex = example("websocket_echo")
+    with connect(ex.base.replace("http://", "ws://")) as websocket:
+        websocket.send("Eureka!")
+        assert websocket.recv() == "Eureka!"
+    assert ex.next_line()[1] == "Client disconnected."

@@ -166,6 +166,12 @@ impl RequestContext {
         self.inner.cancel.cancel();
     }
 
+    /// Runs the synchronous `f` with this context as [`current`] (for polls of response bodies
+    /// and handle streams, which run outside the handler's task-local scope).
+    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self.clone(), f)
+    }
+
     /// Runs `fut` with this context as [`current`].
     pub(crate) fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
         CURRENT.scope(self, fut)

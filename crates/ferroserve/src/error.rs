@@ -142,7 +142,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
+    /// A client error with `status` (a 4xx) and a message shown to the client.
+    pub fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
         Error::BadRequest {
             status,
             message: message.into(),
@@ -219,6 +220,14 @@ impl IntoResponse for HandlerError {
             .unwrap_or_default();
         self.into_error(&deployment).into_response()
     }
+}
+
+impl aide::OperationOutput for HandlerError {
+    type Inner = ();
+}
+
+impl aide::OperationOutput for Error {
+    type Inner = ();
 }
 
 /// Formats seconds as Python prints a float (`5.0`, `0.5`), so timeout messages match Ray's.

@@ -22,7 +22,8 @@ use futures_util::FutureExt;
 use crate::context::{self, CancelOnDrop, RequestContext};
 use crate::deployment::panic_message;
 use crate::error::Error;
-use crate::router::{Replica, Router};
+use crate::router::{Replica, Router, Slot};
+use crate::stream::{HandlesStream, ResponseStream};
 
 /// A deployment method callable through a handle: the deployment answers message `M`.
 ///
@@ -111,6 +112,27 @@ impl<T: Send + Sync + 'static> DeploymentHandle<T> {
         CancelOnDrop::new(ctx, |_| {}, call).await
     }
 
+    /// Calls the deployment's streaming method for `msg` (Ray's `handle.options(stream=True)`):
+    /// waits for a slot on a replica like [`DeploymentHandle::remote`], then returns the
+    /// replica's stream. The stream holds the slot until it ends; dropping it cancels the call,
+    /// and cancelling the caller's request drops it. Forward it as an HTTP response with
+    /// [`crate::stream::StreamingResponse`].
+    pub async fn stream<M>(&self, msg: M) -> Result<ResponseStream<T::Item>, Error>
+    where
+        T: HandlesStream<M>,
+        M: Send + 'static,
+    {
+        let ctx = match context::current() {
+            Some(parent) => parent.child(self.router.name()),
+            None => RequestContext::new(uuid_v4(), None),
+        };
+        let acquire = CancelOnDrop::new(ctx.clone(), |_| {}, self.router.acquire());
+        let slot = acquire.await?;
+        let instance = slot.replica().instance.clone();
+        let inner = ctx.enter(|| Box::pin(instance.stream(msg)));
+        Ok(ResponseStream::new(inner, ctx, Box::new(slot)))
+    }
+
     /// Requests waiting for a replica of this deployment.
     pub fn num_queued(&self) -> usize {
         self.router.num_queued()
@@ -139,6 +161,23 @@ where
     F: FnOnce(&Replica<T>) -> Fut,
     Fut: Future,
 {
+    run_keeping_slot(router, ctx, f)
+        .await
+        .map(|(out, _slot)| out)
+}
+
+/// As [`run_on_replica`], but hands the slot back with the output, for a response that goes on
+/// streaming after the handler returns.
+pub(crate) async fn run_keeping_slot<T, F, Fut>(
+    router: &Arc<Router<T>>,
+    ctx: RequestContext,
+    f: F,
+) -> Result<(Fut::Output, Slot<T>), Error>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce(&Replica<T>) -> Fut,
+    Fut: Future,
+{
     let slot = router.acquire().await?;
     let ctx = ctx.for_deployment(router.name());
     let fut = f(slot.replica());
@@ -146,18 +185,21 @@ where
         .clone()
         .scope(AssertUnwindSafe(fut).catch_unwind())
         .await;
-    outcome.map_err(|panic| {
-        let detail = panic_message(&*panic);
-        tracing::error!(
-            replica = %slot.replica().id,
-            request_id = ctx.request_id(),
-            "handler {detail}"
-        );
-        Error::Deployment {
-            deployment: router.name().to_owned(),
-            detail,
+    match outcome {
+        Ok(out) => Ok((out, slot)),
+        Err(panic) => {
+            let detail = panic_message(&*panic);
+            tracing::error!(
+                replica = %slot.replica().id,
+                request_id = ctx.request_id(),
+                "handler {detail}"
+            );
+            Err(Error::Deployment {
+                deployment: router.name().to_owned(),
+                detail,
+            })
         }
-    })
+    }
 }
 
 /// A random (version 4) UUID, for requests that come without `x-request-id`.

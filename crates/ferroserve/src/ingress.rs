@@ -29,8 +29,9 @@ use crate::context::RequestContext;
 use crate::error::Error;
 #[allow(unused_imports)] // for docs
 use crate::error::HandlerError;
-use crate::handle::run_on_replica;
+use crate::handle::run_keeping_slot;
 use crate::router::Router;
+use crate::stream::attach;
 
 #[allow(unused_imports)] // for docs
 use crate::api::Json;
@@ -285,12 +286,15 @@ impl<T: Ingress> HttpEndpoint for IngressEndpoint<T> {
         let router = self.router.clone();
         async move {
             let request = Request::new(request, root_path, ctx.clone());
-            run_on_replica(&router, ctx, move |replica| {
+            let outcome = run_keeping_slot(&router, ctx.clone(), move |replica| {
                 let instance = replica.instance.clone();
                 async move { instance.call(request).await.into_response() }
             })
-            .await
-            .unwrap_or_else(IntoResponse::into_response)
+            .await;
+            match outcome {
+                Ok((response, slot)) => attach(response, ctx, Box::new(slot)),
+                Err(e) => e.into_response(),
+            }
         }
         .boxed()
     }

@@ -35,6 +35,8 @@
 //! | `__call__(self, request)` | [`ingress`] |
 //! | `@serve.ingress(FastAPI())`, validation, `/docs` | [`api`] |
 //! | request id, timeout, cancellation, `asyncio.shield` | [`context`] |
+//! | `StreamingResponse`, SSE, `handle.options(stream=True)` | [`stream`] |
+//! | `@app.websocket` | [`api::WebSocketUpgrade`] |
 //! | status codes and messages | [`error`] |
 
 pub mod api;
@@ -47,6 +49,7 @@ pub mod ingress;
 mod proxy;
 mod router;
 pub mod serve;
+pub mod stream;
 
 pub use api::Json;
 pub use app::Application;
@@ -56,6 +59,7 @@ pub use error::{BoxError, Error, Fault, HandlerError};
 pub use handle::{DeploymentHandle, Handles};
 pub use ingress::{Ingress, QueryParams, Request};
 pub use serve::{init_logging, run, HttpOptions, Serve, Server};
+pub use stream::{HandlesStream, StreamingResponse};
 
 pub use axum::response::{IntoResponse, Response};
 pub use http::StatusCode;

@@ -21,6 +21,7 @@
 
 mod extract;
 mod rejection;
+mod ws;
 
 use std::sync::Arc;
 
@@ -32,14 +33,16 @@ use http::{header, HeaderValue, Method, StatusCode, Uri};
 use tower::ServiceExt;
 
 use crate::context::RequestContext;
-use crate::handle::run_on_replica;
+use crate::handle::run_keeping_slot;
 use crate::ingress::HttpEndpoint;
 use crate::router::{Replica, Router};
+use crate::stream::{attach, PinnedSlot};
 
 pub use aide::axum::routing;
 pub use aide::axum::ApiRouter;
 pub use extract::{Json, Path, Query, RootPath, Valid, Validatable};
 pub use rejection::{DetailError, ErrorDetail, Rejection, ValidationError};
+pub use ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, DEFAULT_MAX_MESSAGE_SIZE};
 
 /// A deployment whose HTTP interface is a set of typed routes (the seed's `@serve.ingress(app)`).
 ///
@@ -199,13 +202,32 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
         let build = self.build;
         let title = router.name().to_owned();
         async move {
-            run_on_replica(&router, ctx.clone(), move |replica: &Replica<T>| {
+            let mut request = request;
+            // An upgrade (WebSocket) keeps its replica slot for the life of the connection.
+            let pin = request
+                .headers()
+                .contains_key(header::UPGRADE)
+                .then(PinnedSlot::default);
+            if let Some(pin) = &pin {
+                request.extensions_mut().insert(pin.clone());
+            }
+            let handler_ctx = ctx.clone();
+            let outcome = run_keeping_slot(&router, ctx.clone(), move |replica: &Replica<T>| {
                 let app = replica.http.get_or_init(|| build(&replica.instance));
                 let (axum_router, openapi) = (app.router.clone(), app.openapi.clone());
-                async move { serve_app(axum_router, openapi, title, request, root_path, ctx).await }
+                serve_app(axum_router, openapi, title, request, root_path, handler_ctx)
             })
-            .await
-            .unwrap_or_else(IntoResponse::into_response)
+            .await;
+            match (outcome, pin) {
+                (Ok((response, slot)), Some(pin))
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    pin.keep(Box::new(slot));
+                    response
+                }
+                (Ok((response, slot)), _) => attach(response, ctx, Box::new(slot)),
+                (Err(e), _) => e.into_response(),
+            }
         }
         .boxed()
     }

@@ -1,0 +1,135 @@
+//! WebSockets in API routes (FastAPI's `@app.websocket`), pinned to one replica.
+//!
+//! A WebSocket is upgraded through the proxy (HTTP/1.1 `Upgrade`) and served by the replica that
+//! accepted it, for the life of the connection, counting as one ongoing request there. Text,
+//! binary, ping/pong (answered automatically) and close frames with codes are supported. A
+//! message larger than the limit closes the connection with code 1009 ("message too big"). A
+//! client that goes away without a close frame surfaces as `None` or an error from `recv`.
+
+use std::future::Future;
+
+use axum::extract::FromRequestParts;
+use axum::response::Response;
+use http::request::Parts;
+
+use crate::context::RequestContext;
+use crate::stream::PinnedSlot;
+
+pub use axum::extract::ws::{CloseFrame, Message};
+
+/// The default maximum size of one incoming message (and frame): 16 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// Extracts a WebSocket upgrade request; [`WebSocketUpgrade::on_upgrade`] answers `101` and runs
+/// the handler on the upgraded connection.
+pub struct WebSocketUpgrade {
+    inner: axum::extract::ws::WebSocketUpgrade,
+    pin: Option<PinnedSlot>,
+    ctx: Option<RequestContext>,
+}
+
+impl std::fmt::Debug for WebSocketUpgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebSocketUpgrade").finish_non_exhaustive()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
+    type Rejection = axum::extract::ws::rejection::WebSocketUpgradeRejection;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let inner = axum::extract::ws::WebSocketUpgrade::from_request_parts(parts, state)
+            .await?
+            .max_message_size(DEFAULT_MAX_MESSAGE_SIZE)
+            .max_frame_size(DEFAULT_MAX_MESSAGE_SIZE);
+        Ok(WebSocketUpgrade {
+            inner,
+            pin: parts.extensions.get::<PinnedSlot>().cloned(),
+            ctx: parts.extensions.get::<RequestContext>().cloned(),
+        })
+    }
+}
+
+impl WebSocketUpgrade {
+    /// Sets the largest message (and frame) accepted; a larger one closes the connection with
+    /// code 1009.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.inner = self.inner.max_message_size(bytes).max_frame_size(bytes);
+        self
+    }
+
+    /// Answers `101 Switching Protocols` and runs `handler` on the socket once upgraded. The
+    /// handler runs under the request's context; the replica slot is held until it returns.
+    pub fn on_upgrade<F, Fut>(self, handler: F) -> Response
+    where
+        F: FnOnce(WebSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let WebSocketUpgrade { inner, pin, ctx } = self;
+        inner.on_upgrade(move |socket| async move {
+            let _pin = pin; // released when the handler returns
+            let socket = WebSocket { inner: socket };
+            match ctx {
+                Some(ctx) => ctx.scope(handler(socket)).await,
+                None => handler(socket).await,
+            }
+        })
+    }
+}
+
+impl aide::OperationInput for WebSocketUpgrade {
+    fn operation_input(
+        ctx: &mut aide::generate::GenContext,
+        operation: &mut aide::openapi::Operation,
+    ) {
+        axum::extract::ws::WebSocketUpgrade::operation_input(ctx, operation);
+    }
+}
+
+/// An upgraded WebSocket connection.
+///
+/// Pings are answered automatically. When the client sends a message over the size limit,
+/// [`WebSocket::recv`] closes the connection with code 1009 and returns the error.
+#[derive(Debug)]
+pub struct WebSocket {
+    inner: axum::extract::ws::WebSocket,
+}
+
+impl WebSocket {
+    /// The next message; `None` once the connection is closed (including an abrupt client
+    /// drop), `Some(Err(..))` on a protocol error. Cancel safe.
+    pub async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
+        let received = self.inner.recv().await;
+        if let Some(Err(e)) = &received {
+            if is_too_big(e) {
+                let close = Message::Close(Some(CloseFrame {
+                    code: 1009,
+                    reason: "message too big".into(),
+                }));
+                let _ = self.inner.send(close).await;
+            }
+        }
+        received
+    }
+
+    /// Sends a message (a `Message::Close` starts the closing handshake).
+    pub async fn send(&mut self, message: Message) -> Result<(), axum::Error> {
+        self.inner.send(message).await
+    }
+
+    /// The subprotocol the server selected, if any.
+    pub fn protocol(&self) -> Option<&http::HeaderValue> {
+        self.inner.protocol()
+    }
+}
+
+fn is_too_big(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
