@@ -60,58 +60,50 @@ tokio::task_local! {
 #[derive(Clone, Debug)]
 pub struct RequestContext {
     inner: Arc<Inner>,
+    deployment: Arc<str>,
 }
 
 #[derive(Debug)]
 struct Inner {
-    request_id: String,
+    request_id: Arc<str>,
     deadline: Option<Instant>,
     timeout: Option<Duration>,
     cancel: CancellationToken,
-    deployment: String,
 }
 
 impl RequestContext {
     /// A fresh root context: the request id, and an optional end-to-end timeout from now.
-    pub fn new(request_id: impl Into<String>, timeout: Option<Duration>) -> Self {
+    pub fn new(request_id: impl Into<Arc<str>>, timeout: Option<Duration>) -> Self {
         RequestContext {
             inner: Arc::new(Inner {
                 request_id: request_id.into(),
                 deadline: timeout.map(|t| Instant::now() + t),
                 timeout,
                 cancel: CancellationToken::new(),
-                deployment: String::new(),
             }),
+            deployment: Arc::from(""),
         }
     }
 
     /// The context a handle call made under this one gets: same id and deadline, a child token
     /// (cancelled whenever this one is), and the callee's deployment name.
-    pub(crate) fn child(&self, deployment: &str) -> Self {
+    pub(crate) fn child(&self, deployment: &Arc<str>) -> Self {
         RequestContext {
             inner: Arc::new(Inner {
                 request_id: self.inner.request_id.clone(),
                 deadline: self.inner.deadline,
                 timeout: self.inner.timeout,
                 cancel: self.inner.cancel.child_token(),
-                deployment: deployment.to_owned(),
             }),
+            deployment: deployment.clone(),
         }
     }
 
     /// The same context, naming the deployment that serves it (for logs and error messages).
-    pub(crate) fn for_deployment(&self, deployment: &str) -> Self {
-        if self.inner.deployment == deployment {
-            return self.clone();
-        }
+    pub(crate) fn for_deployment(&self, deployment: &Arc<str>) -> Self {
         RequestContext {
-            inner: Arc::new(Inner {
-                request_id: self.inner.request_id.clone(),
-                deadline: self.inner.deadline,
-                timeout: self.inner.timeout,
-                cancel: self.inner.cancel.clone(),
-                deployment: deployment.to_owned(),
-            }),
+            inner: self.inner.clone(),
+            deployment: deployment.clone(),
         }
     }
 
@@ -122,7 +114,7 @@ impl RequestContext {
 
     /// The deployment serving this context (empty outside a replica).
     pub fn deployment(&self) -> &str {
-        &self.inner.deployment
+        &self.deployment
     }
 
     /// When the request times out, if it has an end-to-end timeout.
@@ -296,7 +288,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_unfinished_work_cancels_parent_and_child_first() {
         let root = RequestContext::new("id", None);
-        let child = root.child("Model");
+        let child = root.child(&Arc::from("Model"));
         assert_eq!(child.request_id(), "id");
         assert_eq!(child.deployment(), "Model");
         let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -195,7 +195,7 @@ where
                 "handler {detail}"
             );
             Err(Error::Deployment {
-                deployment: router.name().to_owned(),
+                deployment: router.name().to_string(),
                 detail,
             })
         }

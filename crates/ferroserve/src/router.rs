@@ -60,7 +60,7 @@ struct Queue<T> {
 
 /// Routes requests for one deployment to its replicas. See the module docs.
 pub(crate) struct Router<T> {
-    name: String,
+    name: Arc<str>,
     replicas: ArcSwap<Vec<Arc<Replica<T>>>>,
     max_ongoing: usize,
     max_queued: Option<usize>,
@@ -71,7 +71,7 @@ pub(crate) struct Router<T> {
 impl<T: Send + Sync + 'static> Router<T> {
     pub(crate) fn new(name: String, max_ongoing: usize, max_queued: Option<usize>) -> Self {
         Router {
-            name,
+            name: name.into(),
             replicas: ArcSwap::from_pointee(Vec::new()),
             max_ongoing,
             max_queued,
@@ -84,7 +84,7 @@ impl<T: Send + Sync + 'static> Router<T> {
     }
 
     /// The deployment's name.
-    pub(crate) fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
     }
 
@@ -263,7 +263,7 @@ impl<T: Send + Sync + 'static> Future for Acquire<T> {
                                 router: w.router.clone(),
                                 replica,
                             }),
-                            Err(_) => Err(Error::ShuttingDown(w.router.name.clone())),
+                            Err(_) => Err(Error::ShuttingDown(w.router.name.to_string())),
                         })
                     }
                 }

@@ -200,7 +200,7 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
     ) -> BoxFuture<'static, Response> {
         let router = self.router.clone();
         let build = self.build;
-        let title = router.name().to_owned();
+        let title = router.name().clone();
         async move {
             let mut request = request;
             // An upgrade (WebSocket) keeps its replica slot for the life of the connection.
@@ -236,7 +236,7 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
 async fn serve_app(
     router: axum::Router,
     openapi: Option<Arc<OpenApi>>,
-    title: String,
+    title: Arc<str>,
     request: http::Request<Body>,
     root_path: Arc<str>,
     ctx: RequestContext,
