@@ -12,6 +12,12 @@ from openapi_spec_validator import validate
         ("fastapi_multi_routes", "/hello", ["/", "/{subpath}"]),
         ("byo_router", "", ["/"]),
         ("fastapi_users", "/api", ["/users", "/users/{user_id}"]),
+        ("dag_ndarray", "", ["/"]),
+        (
+            "adapters",
+            "",
+            ["/dataframe", "/image", "/json", "/multi_ndarray", "/ndarray", "/raw", "/user"],
+        ),
     ],
 )
 def test_document_is_valid_openapi_31(example, name, prefix, paths):

@@ -161,6 +161,22 @@ impl<D: Deps> Deployment<D> {
     }
 }
 
+impl Deployment<NoDeps> {
+    /// Binds a constructor whose dependencies are known only at run time (a DAG's deployments).
+    pub(crate) fn bind_with_nodes<T, F>(self, nodes: Vec<NodeRef>, ctor: F) -> BoundDeployment<T>
+    where
+        T: Send + Sync + 'static,
+        F: Fn() -> T + Send + Sync + 'static,
+    {
+        BoundDeployment::new(
+            self.name,
+            self.options,
+            nodes,
+            Arc::new(move || std::future::ready(Ok::<T, BoxError>(ctor())).boxed()),
+        )
+    }
+}
+
 impl<D> Deployment<D> {
     /// Sets the number of replicas (at least 1).
     pub fn num_replicas(mut self, n: usize) -> Self {

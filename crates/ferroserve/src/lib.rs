@@ -37,11 +37,15 @@
 //! | request id, timeout, cancellation, `asyncio.shield` | [`context`] |
 //! | `StreamingResponse`, SSE, `handle.options(stream=True)` | [`stream`] |
 //! | `@app.websocket` | [`api::WebSocketUpgrade`] |
+//! | `InputNode`, `DAGDriver` | [`dag`] |
+//! | HTTP adapters (`json_to_ndarray`, `image_to_ndarray`, ...) | [`adapters`] |
 //! | status codes and messages | [`error`] |
 
+pub mod adapters;
 pub mod api;
 pub mod app;
 pub mod context;
+pub mod dag;
 pub mod deployment;
 pub mod error;
 pub mod handle;

@@ -1,0 +1,230 @@
+//! HTTP adapters (Ray's `ray.serve.http_adapters`): turn a request into the input a model wants.
+//!
+//! Each adapter is an axum extractor, so it works in any API route (FastAPI's `Depends`) and as
+//! the `http_adapter` of a [`crate::dag::DagDriver`], and each describes its input in the OpenAPI
+//! document. Bad input is a `422` in FastAPI's shape that says what is wrong and where.
+//!
+//! | Ray | ferroserve | yields |
+//! |---|---|---|
+//! | `json_to_ndarray` | [`JsonToNdarray`] / [`JsonToNdarrayOf<T>`] | [`DynArray`] / `ArrayD<T>` |
+//! | `json_to_multi_ndarray` | [`JsonToMultiNdarray`] | `BTreeMap<String, DynArray>` |
+//! | `image_to_ndarray` | [`ImageToNdarray`] (multipart field `img`, PNG/JPEG) | `Array3<u8>` (height, width, channels) |
+//! | `starlette_request` | [`StarletteRequest`] | the raw request |
+//! | `json_request` | [`JsonRequest`] | `serde_json::Value` |
+//! | `pandas_read_json` | `PandasReadJson` (feature `dataframe`) | a polars `DataFrame` (`orient`, `lines` from the query) |
+//! | pydantic model | [`crate::api::Valid`]`<`[`crate::api::Json`]`<T>>` | `T` |
+
+#[cfg(feature = "dataframe")]
+mod dataframe;
+mod image;
+mod ndarray;
+
+use std::collections::BTreeMap;
+
+use ::ndarray::{Array3, ArrayD};
+use aide::generate::GenContext;
+use aide::openapi::{MediaType, Operation, RequestBody, SchemaObject};
+use aide::OperationInput;
+use axum::extract::{FromRequest, Multipart};
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::api::{DetailError, Json, Rejection, ValidationError};
+
+#[cfg(feature = "dataframe")]
+pub use self::dataframe::PandasReadJson;
+pub use self::image::ImageLimits;
+pub use self::ndarray::{DynArray, Element, NdArray};
+
+/// `json_to_ndarray`: a body `{"array": [...], "shape": [...]?, "dtype": "..."?}` as an array
+/// of the requested (or inferred) dtype.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonToNdarray(pub DynArray);
+
+/// `json_to_ndarray` with the element type fixed by the endpoint (a `dtype` in the body must
+/// match it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonToNdarrayOf<T>(pub ArrayD<T>);
+
+/// `json_to_multi_ndarray`: a body `{"name": NdArray, ...}` as named arrays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonToMultiNdarray(pub BTreeMap<String, DynArray>);
+
+/// `image_to_ndarray`: the PNG or JPEG in multipart field `img` as `(height, width, channels)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageToNdarray(pub Array3<u8>);
+
+/// `json_request`: the body as any JSON value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonRequest(pub Value);
+
+/// `starlette_request`: the raw request, unchanged.
+#[derive(Debug)]
+pub struct StarletteRequest(pub axum::extract::Request);
+
+impl<S: Send + Sync> FromRequest<S> for JsonToNdarray {
+    type Rejection = Rejection;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Rejection> {
+        let Json(nd) = Json::<NdArray>::from_request(req, state).await?;
+        Ok(JsonToNdarray(nd.into_dyn()?))
+    }
+}
+
+impl<S: Send + Sync, T: Element> FromRequest<S> for JsonToNdarrayOf<T> {
+    type Rejection = Rejection;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Rejection> {
+        let Json(nd) = Json::<NdArray>::from_request(req, state).await?;
+        Ok(JsonToNdarrayOf(nd.into_array()?))
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonToMultiNdarray {
+    type Rejection = Rejection;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Rejection> {
+        let Json(map) = Json::<BTreeMap<String, NdArray>>::from_request(req, state).await?;
+        Ok(JsonToMultiNdarray(self::ndarray::multi(map)?))
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonRequest {
+    type Rejection = Rejection;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Rejection> {
+        let Json(v) = Json::<Value>::from_request(req, state).await?;
+        Ok(JsonRequest(v))
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for StarletteRequest {
+    type Rejection = std::convert::Infallible;
+    async fn from_request(
+        req: axum::extract::Request,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(StarletteRequest(req))
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for ImageToNdarray {
+    type Rejection = Rejection;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Rejection> {
+        let limits = req
+            .extensions()
+            .get::<ImageLimits>()
+            .copied()
+            .unwrap_or_default();
+        let mut form = Multipart::from_request(req, state)
+            .await
+            .map_err(|e| DetailError {
+                status: if e.status() == StatusCode::BAD_REQUEST {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE
+                } else {
+                    e.status()
+                },
+                detail: format!(
+                    "expected a multipart/form-data body with an `img` file field: {}",
+                    e.body_text()
+                ),
+            })?;
+        let broken = |e: axum::extract::multipart::MultipartError| -> Rejection {
+            DetailError {
+                status: e.status(),
+                detail: format!("broken multipart body: {}", e.body_text()),
+            }
+            .into()
+        };
+        while let Some(field) = form.next_field().await.map_err(broken)? {
+            if field.name() == Some("img") {
+                let bytes = field.bytes().await.map_err(broken)?;
+                return Ok(ImageToNdarray(self::image::decode(&bytes, limits)?));
+            }
+        }
+        Err(ValidationError::one(
+            "missing",
+            vec!["body".into(), "img".into()],
+            "Field required",
+            Value::Null,
+        )
+        .into())
+    }
+}
+
+impl OperationInput for JsonToNdarray {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        Json::<NdArray>::operation_input(ctx, operation);
+    }
+    fn inferred_early_responses(
+        ctx: &mut GenContext,
+        operation: &mut Operation,
+    ) -> Vec<(Option<u16>, aide::openapi::Response)> {
+        Json::<NdArray>::inferred_early_responses(ctx, operation)
+    }
+}
+
+impl<T> OperationInput for JsonToNdarrayOf<T> {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        Json::<NdArray>::operation_input(ctx, operation);
+    }
+    fn inferred_early_responses(
+        ctx: &mut GenContext,
+        operation: &mut Operation,
+    ) -> Vec<(Option<u16>, aide::openapi::Response)> {
+        Json::<NdArray>::inferred_early_responses(ctx, operation)
+    }
+}
+
+impl OperationInput for JsonToMultiNdarray {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        Json::<BTreeMap<String, NdArray>>::operation_input(ctx, operation);
+    }
+    fn inferred_early_responses(
+        ctx: &mut GenContext,
+        operation: &mut Operation,
+    ) -> Vec<(Option<u16>, aide::openapi::Response)> {
+        Json::<NdArray>::inferred_early_responses(ctx, operation)
+    }
+}
+
+impl OperationInput for JsonRequest {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        Json::<Value>::operation_input(ctx, operation);
+    }
+}
+
+impl OperationInput for StarletteRequest {}
+
+impl OperationInput for ImageToNdarray {
+    fn operation_input(_ctx: &mut GenContext, operation: &mut Operation) {
+        let schema = json!({
+            "type": "object",
+            "properties": {"img": {"type": "string", "format": "binary", "description": "A PNG or JPEG image"}},
+            "required": ["img"],
+        });
+        let Ok(json_schema) = schemars::Schema::try_from(schema) else {
+            return;
+        };
+        operation.request_body = Some(aide::openapi::ReferenceOr::Item(RequestBody {
+            description: Some("An image upload".into()),
+            content: [(
+                "multipart/form-data".to_owned(),
+                MediaType {
+                    schema: Some(SchemaObject {
+                        json_schema,
+                        example: None,
+                        external_docs: None,
+                    }),
+                    ..Default::default()
+                },
+            )]
+            .into_iter()
+            .collect(),
+            required: true,
+            extensions: Default::default(),
+        }));
+    }
+    fn inferred_early_responses(
+        ctx: &mut GenContext,
+        operation: &mut Operation,
+    ) -> Vec<(Option<u16>, aide::openapi::Response)> {
+        Json::<NdArray>::inferred_early_responses(ctx, operation)
+    }
+}

@@ -1,0 +1,220 @@
+//! Deployment graphs and the DAG driver (Ray's `InputNode`, `.bind()` calls and `DAGDriver`).
+//!
+//! A graph starts at an [`InputNode`] whose type is the HTTP adapter that parses requests
+//! (`InputNode::<JsonToNdarray>::new()` is Ray's `http_adapter=json_to_ndarray`; the default
+//! in Ray, the raw request, is [`crate::adapters::StarletteRequest`]). Each
+//! [`DagNode::call`] sends the node's output to a bound deployment through a handle;
+//! [`DagNode::join`] runs two branches on the same input concurrently (fan-out) and pairs
+//! their outputs (fan-in). A [`DagDriver`] serves one graph at `/` or several, one per
+//! sub-route, accepting GET and POST; the graph's output is returned as JSON.
+//!
+//! ```no_run
+//! use ferroserve::adapters::{DynArray, JsonToNdarray};
+//! use ferroserve::dag::{DagDriver, InputNode};
+//! use ferroserve::{Deployment, Handles};
+//!
+//! struct Model;
+//! struct Sum(DynArray);
+//! impl Handles<Sum> for Model {
+//!     type Output = serde_json::Value;
+//!     async fn handle(&self, Sum(a): Sum) -> serde_json::Value { a.sum_value() }
+//! }
+//!
+//! let model = Deployment::new("Model").bind(|| Model);
+//! let dag = InputNode::<JsonToNdarray>::new().call(&model, |JsonToNdarray(a)| Sum(a));
+//! ferroserve::run(DagDriver::new().route("/", dag).bind()).unwrap();
+//! ```
+
+use std::sync::Arc;
+
+use aide::OperationInput;
+use axum::extract::FromRequest;
+use futures_util::future::{BoxFuture, FutureExt};
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::api::{routing, ApiRouter, Json};
+use crate::app::Application;
+use crate::deployment::{BoundDeployment, Deployment, NodeRef};
+use crate::error::Error;
+use crate::handle::Handles;
+
+type Run<I, O> = Arc<dyn Fn(I) -> BoxFuture<'static, Result<O, Error>> + Send + Sync>;
+
+/// A node of a graph: computes an `O` from the graph's input `I`.
+pub struct DagNode<I, O> {
+    run: Run<I, O>,
+    deps: Vec<NodeRef>,
+}
+
+impl<I, O> Clone for DagNode<I, O> {
+    fn clone(&self) -> Self {
+        DagNode {
+            run: self.run.clone(),
+            deps: self.deps.clone(),
+        }
+    }
+}
+
+/// The graph's input: the request as parsed by the HTTP adapter `A`.
+pub struct InputNode<A>(std::marker::PhantomData<fn() -> A>);
+
+impl<A: Send + 'static> InputNode<A> {
+    /// The input node of a graph served with adapter `A`.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> DagNode<A, A> {
+        DagNode {
+            run: Arc::new(|input| std::future::ready(Ok(input)).boxed()),
+            deps: Vec::new(),
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> DagNode<I, O> {
+    /// Calls `deployment` with the message `to_msg` makes from this node's output (Ray's
+    /// `model.method.bind(node)`).
+    pub fn call<T, M>(
+        self,
+        deployment: &BoundDeployment<T>,
+        to_msg: impl Fn(O) -> M + Send + Sync + 'static,
+    ) -> DagNode<I, T::Output>
+    where
+        T: Handles<M>,
+        M: Send + 'static,
+    {
+        let handle = deployment.handle();
+        let prev = self.run;
+        let to_msg = Arc::new(to_msg);
+        let mut deps = self.deps;
+        deps.push(deployment.node_ref());
+        DagNode {
+            run: Arc::new(move |input| {
+                let (prev, handle, to_msg) = (prev.clone(), handle.clone(), to_msg.clone());
+                async move {
+                    let out = prev(input).await?;
+                    handle.remote(to_msg(out)).await
+                }
+                .boxed()
+            }),
+            deps,
+        }
+    }
+
+    /// Transforms this node's output locally.
+    pub fn map<P: Send + 'static>(
+        self,
+        f: impl Fn(O) -> P + Send + Sync + 'static,
+    ) -> DagNode<I, P> {
+        let prev = self.run;
+        let f = Arc::new(f);
+        DagNode {
+            run: Arc::new(move |input| {
+                let (prev, f) = (prev.clone(), f.clone());
+                async move { Ok(f(prev(input).await?)) }.boxed()
+            }),
+            deps: self.deps,
+        }
+    }
+
+    /// Runs `self` and `other` on the same input concurrently and pairs their outputs
+    /// (fan-out, fan-in). The first error cancels the other branch.
+    pub fn join<P: Send + 'static>(self, other: DagNode<I, P>) -> DagNode<I, (O, P)>
+    where
+        I: Clone,
+    {
+        let (a, b) = (self.run, other.run);
+        let mut deps = self.deps;
+        deps.extend(other.deps);
+        DagNode {
+            run: Arc::new(move |input: I| {
+                let (a, b) = (a.clone(), b.clone());
+                async move { tokio::try_join!(a(input.clone()), b(input)) }.boxed()
+            }),
+            deps,
+        }
+    }
+
+    /// Runs the graph on one input.
+    pub async fn run(&self, input: I) -> Result<O, Error> {
+        (self.run)(input).await
+    }
+}
+
+type AddRoute = Box<dyn FnOnce(ApiRouter) -> ApiRouter + Send>;
+
+/// Serves graphs over HTTP (Ray's `DAGDriver`): one per sub-route, GET and POST.
+#[must_use]
+pub struct DagDriver {
+    name: String,
+    routes: Vec<AddRoute>,
+    deps: Vec<NodeRef>,
+}
+
+impl Default for DagDriver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for DagDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DagDriver")
+            .field("name", &self.name)
+            .field("routes", &self.routes.len())
+            .finish()
+    }
+}
+
+impl DagDriver {
+    /// A driver deployment named `DAGDriver` with no routes yet.
+    pub fn new() -> Self {
+        DagDriver {
+            name: "DAGDriver".to_owned(),
+            routes: Vec::new(),
+            deps: Vec::new(),
+        }
+    }
+
+    /// Renames the driver deployment.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Serves `dag` at `path` (`"/"` for a single graph), parsing requests with the graph's
+    /// input adapter `A`. Bad input answers the adapter's 422; graph errors their own status.
+    pub fn route<A, O>(mut self, path: &str, dag: DagNode<A, O>) -> Self
+    where
+        A: FromRequest<()> + OperationInput + Send + 'static,
+        O: Serialize + JsonSchema + Send + 'static,
+    {
+        self.deps.extend(dag.deps.iter().cloned());
+        let path = path.to_owned();
+        let run = dag.run;
+        self.routes.push(Box::new(move |router: ApiRouter| {
+            let handler = move |input: A| {
+                let run = run.clone();
+                async move { run(input).await.map(Json) }
+            };
+            router.api_route(&path, routing::get(handler.clone()).post(handler))
+        }));
+        self
+    }
+
+    /// The application: the driver deployment (which starts every deployment the graphs call).
+    pub fn bind(self) -> Application {
+        let router = self
+            .routes
+            .into_iter()
+            .fold(ApiRouter::new(), |router, add| add(router));
+        let mut deps: Vec<NodeRef> = Vec::new();
+        for dep in self.deps {
+            if !deps.iter().any(|d| d.same(&dep)) {
+                deps.push(dep);
+            }
+        }
+        Application::router(
+            Deployment::new(self.name).bind_with_nodes(deps, move || router.clone()),
+        )
+    }
+}
