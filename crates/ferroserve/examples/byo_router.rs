@@ -6,7 +6,7 @@
 //! curl http://127.0.0.1:8000/             # "Hello from the root!"
 //! ```
 
-use ferroserve::api::{routing::get, ApiRouter};
+use ferroserve::api::{routing::get, ApiRouter, DocumentedRouter};
 use ferroserve::{Application, Deployment, Json};
 
 /// An existing app: plain aide/axum, nothing ferroserve-specific.
@@ -18,6 +18,9 @@ fn existing_app() -> ApiRouter {
 }
 
 fn main() -> Result<(), ferroserve::Error> {
-    let app = Deployment::new("App").num_replicas(2).bind(existing_app);
+    // Served unchanged; `DocumentedRouter` only finishes its OpenAPI document.
+    let app = Deployment::new("App")
+        .num_replicas(2)
+        .bind(|| DocumentedRouter::new(existing_app()));
     ferroserve::run(Application::router(app).route_prefix("/"))
 }

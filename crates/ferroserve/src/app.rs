@@ -59,7 +59,7 @@ impl Application {
     }
 
     /// An application that serves an existing router unchanged, replicated: each replica's
-    /// constructor returns an `axum::Router` (or a documented `ApiRouter<()>`) with its own
+    /// constructor returns an `axum::Router` (or a [`crate::api::DocumentedRouter`]) with its own
     /// state and layers.
     pub fn router<R: ServeRouter>(app: BoundDeployment<R>) -> Self {
         Self::with_endpoint(

@@ -33,7 +33,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::api::{routing, ApiRouter, Json};
+use crate::api::{routing, ApiRouter, DocumentedRouter, Json};
 use crate::app::Application;
 use crate::deployment::{BoundDeployment, Deployment, NodeRef};
 use crate::error::Error;
@@ -203,10 +203,12 @@ impl DagDriver {
 
     /// The application: the driver deployment (which starts every deployment the graphs call).
     pub fn bind(self) -> Application {
-        let router = self
-            .routes
-            .into_iter()
-            .fold(ApiRouter::new(), |router, add| add(router));
+        // Declared and finished on this thread: aide collects schemas per thread.
+        let router = DocumentedRouter::new(
+            self.routes
+                .into_iter()
+                .fold(ApiRouter::new(), |router, add| add(router)),
+        );
         let mut deps: Vec<NodeRef> = Vec::new();
         for dep in self.deps {
             if !deps.iter().any(|d| d.same(&dep)) {

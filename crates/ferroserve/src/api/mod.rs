@@ -71,8 +71,8 @@ pub trait ApiIngress: Send + Sync + 'static {
     fn routes() -> ApiRouter<Arc<Self>>;
 }
 
-/// An existing router served as a deployment: `axum::Router` (no OpenAPI document) or
-/// `ApiRouter<()>` (documented).
+/// An existing router served as a deployment: an `axum::Router` (no OpenAPI document) or a
+/// [`DocumentedRouter`].
 pub trait ServeRouter: Send + Sync + 'static {
     /// The router one replica serves, and its OpenAPI document if it has one.
     fn router(&self) -> (axum::Router, Option<OpenApi>);
@@ -84,12 +84,36 @@ impl ServeRouter for axum::Router {
     }
 }
 
-impl ServeRouter for ApiRouter<()> {
+/// An existing `ApiRouter` with its OpenAPI document, finished where it was built.
+///
+/// aide collects a router's schemas on the thread that declares its routes, so the document
+/// must be finished on that same thread: build it with `DocumentedRouter::new(app())` in one
+/// expression.
+#[derive(Clone)]
+pub struct DocumentedRouter {
+    router: axum::Router,
+    openapi: OpenApi,
+}
+
+impl std::fmt::Debug for DocumentedRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocumentedRouter").finish_non_exhaustive()
+    }
+}
+
+impl DocumentedRouter {
+    /// Finishes `router`'s OpenAPI document and keeps both.
+    pub fn new(router: ApiRouter) -> Self {
+        let mut openapi = OpenApi::default();
+        let router = router.finish_api(&mut openapi);
+        name_path_params(&mut openapi);
+        DocumentedRouter { router, openapi }
+    }
+}
+
+impl ServeRouter for DocumentedRouter {
     fn router(&self) -> (axum::Router, Option<OpenApi>) {
-        let mut api = OpenApi::default();
-        let router = self.clone().finish_api(&mut api);
-        name_path_params(&mut api);
-        (router, Some(api))
+        (self.router.clone(), Some(self.openapi.clone()))
     }
 }
 
