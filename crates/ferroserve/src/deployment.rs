@@ -347,12 +347,6 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
     }
 
     fn stop(&self) {
-        self.stop_replicas();
-    }
-}
-
-impl<T: Send + Sync + 'static> Node<T> {
-    fn stop_replicas(&self) {
         self.router.set_replicas(Vec::new());
         tracing::info!(deployment = %self.name, "deployment stopped");
     }

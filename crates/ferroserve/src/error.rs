@@ -50,12 +50,6 @@ pub enum Error {
         /// The configured `request_timeout_s`.
         timeout: Duration,
     },
-    /// The caller went away (client disconnect, or the caller's own request was cancelled).
-    #[error("Request {request_id} was cancelled.")]
-    Cancelled {
-        /// The request's id.
-        request_id: String,
-    },
     /// No application is mounted at this path.
     #[error("Path '{path}' not found. Ping http://{host}/-/routes for available routes.")]
     NotFound {
@@ -110,9 +104,7 @@ impl Error {
     /// Whose fault this failure is.
     pub fn fault(&self) -> Fault {
         match self {
-            Error::Cancelled { .. } | Error::NotFound { .. } | Error::BadRequest { .. } => {
-                Fault::Client
-            }
+            Error::NotFound { .. } | Error::BadRequest { .. } => Fault::Client,
             Error::Backpressure { .. }
             | Error::Timeout { .. }
             | Error::Deployment { .. }
@@ -132,8 +124,6 @@ impl Error {
         match self {
             Error::Backpressure { .. } | Error::ShuttingDown(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Timeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            // 499 is nginx's "client closed request"; nobody reads it but logs and metrics.
-            Error::Cancelled { .. } => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Error::NotFound { .. } => StatusCode::NOT_FOUND,
             Error::BadRequest { status, .. } => *status,
             Error::Deployment { .. } | Error::Startup { .. } | Error::Config(_) | Error::Io(_) => {
