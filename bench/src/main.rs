@@ -1,2 +1,1044 @@
-//! x
-fn main() {}
+//! The load-benchmark orchestrator behind `bash bench/run.sh`.
+//!
+//! For each scenario it starts a bare axum server (A) and a ferroserve server (B) doing the same
+//! work, checks they answer the same body, then drives them with `wrk` (closed loop, 1 thread,
+//! 16 connections, 1 s warm-up before each 5 s measurement), alternating A B A B … so that
+//! machine drift hits both sides alike, and reports medians and the ferroserve / axum ratio.
+//! It also measures idle RSS (and its growth under load) and start-up time (spawn → first 200).
+//!
+//! The markdown report goes to stdout, to `bench/RESULTS.md`, and into `bench/README.md`
+//! between the `<!-- results:start -->` / `<!-- results:end -->` markers; progress goes to
+//! stderr. Knobs (environment): `BENCH_ROUNDS` (3, at least 2), `BENCH_DURATION` (5 s),
+//! `BENCH_WARMUP` (1 s), `BENCH_CONNECTIONS` (16), `BENCH_STARTUP_RUNS` (5), `BENCH_PIDFILE`
+//! (where the live server PIDs are kept, so the calling script can kill them on exit).
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+type Result<T, E = String> = std::result::Result<T, E>;
+
+/// PIDs of the servers currently alive, mirrored to `$BENCH_PIDFILE`.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn sync_pidfile() {
+    if let Ok(path) = std::env::var("BENCH_PIDFILE") {
+        let pids = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        let text: String = pids.iter().map(|p| format!("{p}\n")).collect();
+        let _ = std::fs::write(path, text);
+    }
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Benchmark settings.
+struct Config {
+    bin_dir: PathBuf,
+    work_dir: PathBuf,
+    bench_dir: PathBuf,
+    rounds: usize,
+    duration_s: u64,
+    warmup_s: u64,
+    connections: u64,
+    startup_runs: usize,
+    /// Other processes' CPU (cores) above which a run counts as disturbed.
+    max_other: f64,
+    /// Seconds still available for waiting for a quiet machine and re-running disturbed rounds.
+    quiet_budget_s: std::cell::Cell<f64>,
+}
+
+/// A server process; killed (SIGKILL) and reaped when dropped.
+struct Server {
+    label: String,
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Server {
+    fn spawn(cfg: &Config, label: &str, bin: &str, args: &[&str]) -> Result<Server> {
+        let port = free_port()?;
+        let log = cfg.work_dir.join(format!("{label}.stderr.log"));
+        let log_file =
+            std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = Command::new(cfg.bin_dir.join(bin))
+            .args(args)
+            .arg(port.to_string())
+            .env("FERROSERVE_PORT", port.to_string())
+            .env("FERROSERVE_HOST", "127.0.0.1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("spawning {bin}: {e}"))?;
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(child.id());
+        sync_pidfile();
+        Ok(Server {
+            label: label.to_owned(),
+            child,
+            port,
+            log,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Polls `path` until it answers 200; returns the time since `since`.
+    fn wait_ready(&mut self, path: &str, since: Instant) -> Result<Duration> {
+        let deadline = since + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = http(self.port, "GET", path, None) {
+                return Ok(since.elapsed());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "{} exited with {status} before answering; see {}",
+                    self.label,
+                    self.log.display()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{} not ready after 30 s", self.label));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    fn ensure_alive(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "{} died ({status}); see {}",
+                self.label,
+                self.log.display()
+            )),
+            Err(e) => Err(format!("{}: {e}", self.label)),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = self.child.id();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        LIVE.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&p| p != pid);
+        sync_pidfile();
+    }
+}
+
+/// A free loopback port (bound, then released for the server to take).
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// A minimal HTTP/1.1 request over a fresh loopback connection: `(status, body)`.
+fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, rest) = raw.split_once("\r\n\r\n").ok_or("no header end")?;
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("bad status line")?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// `VmRSS` (and `VmHWM`, the peak) of a process, in KiB.
+fn rss_kib(pid: u32) -> Result<(u64, u64)> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or(format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// User + system CPU time a process has used so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some((_, after_comm)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    // After the command name: f[0] is field 3 (state); utime/stime are fields 14/15.
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+fn clock_ticks_per_s() -> f64 {
+    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// One wrk run.
+#[derive(Clone, Debug, Default)]
+struct WrkRun {
+    requests: u64,
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    errors: u64,
+    /// Server CPU time per request, µs (from `/proc/PID/stat` around the run).
+    cpu_us_per_req: f64,
+    /// CPU used by everything but the server and wrk during the run (incl. steal), in cores.
+    other_cores: f64,
+}
+
+const LUA_REPORT: &str = r#"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "FSBENCH %d %d %.1f %.1f %d\n",
+    summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout + e.status))
+end
+"#;
+
+fn wrk(
+    cfg: &Config,
+    server: &Server,
+    script: &Path,
+    path: &str,
+    secs: u64,
+    log: Option<&Path>,
+) -> Result<WrkRun> {
+    let url = format!("http://127.0.0.1:{}{path}", server.port);
+    let out_path = cfg.work_dir.join("wrk.stdout");
+    let err_path = cfg.work_dir.join("wrk.stderr");
+    let file = |p: &Path| std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()));
+    let (busy_before, server_before) = (machine_busy_ticks(), cpu_ticks(server.pid()));
+    let t0 = Instant::now();
+    let mut child = Command::new("wrk")
+        .arg("-t1")
+        .arg(format!("-c{}", cfg.connections))
+        .arg(format!("-d{secs}s"))
+        .arg("--latency")
+        .arg("-s")
+        .arg(script)
+        .arg(&url)
+        .stdin(Stdio::null())
+        .stdout(file(&out_path)?)
+        .stderr(file(&err_path)?)
+        .spawn()
+        .map_err(|e| format!("running wrk: {e}"))?;
+    // wrk's own CPU time, sampled until it exits (a zombie's /proc entry no longer tells).
+    let mut wrk_ticks = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        wrk_ticks = cpu_ticks(child.id()).max(wrk_ticks);
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let elapsed = t0.elapsed().as_secs_f64();
+    let server_ticks = cpu_ticks(server.pid()).saturating_sub(server_before);
+    let busy = machine_busy_ticks().saturating_sub(busy_before);
+    let tck = clock_ticks_per_s();
+    let other_cores = busy.saturating_sub(server_ticks + wrk_ticks) as f64 / tck / elapsed;
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    if let Some(log) = log {
+        let _ = std::fs::write(log, format!("$ wrk … {url}\n{text}{stderr}"));
+    }
+    let out = WrkOutput { status, stderr };
+    if !out.status.success() {
+        return Err(format!("wrk failed ({}): {}", out.status, out.stderr));
+    }
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("FSBENCH "))
+        .ok_or_else(|| format!("no FSBENCH line in wrk output:\n{text}"))?;
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() != 5 {
+        return Err(format!("bad FSBENCH line: {line}"));
+    }
+    let requests = v[0] as u64;
+    let duration_s = v[1] / 1e6;
+    let cpu_s = server_ticks as f64 / tck;
+    Ok(WrkRun {
+        requests,
+        rps: requests as f64 / duration_s,
+        p50_us: v[2],
+        p99_us: v[3],
+        errors: v[4] as u64,
+        cpu_us_per_req: if requests > 0 {
+            cpu_s * 1e6 / requests as f64
+        } else {
+            0.0
+        },
+        other_cores,
+    })
+}
+
+struct WrkOutput {
+    status: std::process::ExitStatus,
+    stderr: String,
+}
+
+/// Busy CPU time of the whole machine so far (all CPUs: user, nice, system and steal; not idle,
+/// iowait, or interrupt time, which the kernel does not charge to any process), in clock ticks.
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest times are already in user/nice).
+    [0, 1, 2, 7].iter().filter_map(|&i| f.get(i)).sum()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let n = xs.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+fn fmt_us(us: f64) -> String {
+    if us.abs() >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn fmt_signed_us(us: f64) -> String {
+    if us >= 0.0 {
+        format!("+{}", fmt_us(us))
+    } else {
+        format!("−{}", fmt_us(-us))
+    }
+}
+
+fn fmt_rps(rps: f64) -> String {
+    let n = rps.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn fmt_mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+/// One line of the memory table (KiB, and requests).
+struct MemRow {
+    label: String,
+    idle: u64,
+    round1: u64,
+    after: u64,
+    peak: u64,
+    served: u64,
+}
+
+/// What one A/B scenario produced.
+struct AbResult {
+    a: Vec<WrkRun>,
+    b: Vec<WrkRun>,
+    served_a: u64,
+    served_b: u64,
+    /// Rounds kept although other processes used more than `max_other` cores.
+    disturbed: usize,
+    /// VmRSS (KiB) of A and B right after the first round, to tell warm-up from a leak.
+    rss_after_round1: (u64, u64),
+}
+
+/// Other processes' CPU use (cores) over the next `window`, not counting `pids`.
+fn other_load(pids: &[u32], window: Duration) -> f64 {
+    let ticks = || pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>();
+    let (busy0, own0, t0) = (machine_busy_ticks(), ticks(), Instant::now());
+    std::thread::sleep(window);
+    let busy = machine_busy_ticks().saturating_sub(busy0);
+    let own = ticks().saturating_sub(own0);
+    busy.saturating_sub(own) as f64 / clock_ticks_per_s() / t0.elapsed().as_secs_f64()
+}
+
+/// Waits (within the remaining quiet budget) until other processes use at most `max_other`
+/// cores, so that a measurement does not share the 2 CPUs with, say, a compile.
+fn wait_quiet(cfg: &Config, pids: &[u32]) {
+    let mut announced = false;
+    loop {
+        let t0 = Instant::now();
+        let load = other_load(pids, Duration::from_millis(500));
+        if load <= cfg.max_other {
+            return;
+        }
+        let left = cfg.quiet_budget_s.get() - t0.elapsed().as_secs_f64();
+        cfg.quiet_budget_s.set(left.max(0.0));
+        if left <= 0.0 {
+            if !announced {
+                eprintln!("  machine busy ({load:.2} cores used by other processes); quiet-wait budget spent, measuring anyway");
+            }
+            return;
+        }
+        if !announced {
+            eprintln!("  waiting for a quiet machine ({load:.2} cores used by other processes; {left:.0} s of budget left)");
+            announced = true;
+        }
+    }
+}
+
+/// Warm-up + measurement on A, then on B, `rounds` times.
+fn run_ab(
+    cfg: &Config,
+    a: &mut Server,
+    b: &mut Server,
+    script: &Path,
+    path: &str,
+) -> Result<AbResult> {
+    let mut res = AbResult {
+        a: Vec::new(),
+        b: Vec::new(),
+        served_a: 0,
+        served_b: 0,
+        disturbed: 0,
+        rss_after_round1: (0, 0),
+    };
+    let pids = [a.pid(), b.pid()];
+    for round in 1..=cfg.rounds {
+        loop {
+            wait_quiet(cfg, &pids);
+            let started = Instant::now();
+            let mut pair = Vec::new();
+            for (side, server) in [("A", &mut *a), ("B", &mut *b)] {
+                let warm = wrk(cfg, server, script, path, cfg.warmup_s, None)?;
+                let log = cfg
+                    .work_dir
+                    .join(format!("{}-round{round}.wrk.txt", server.label));
+                let run = wrk(cfg, server, script, path, cfg.duration_s, Some(&log))?;
+                server.ensure_alive()?;
+                eprintln!(
+                    "  round {round} {side} {:<11} {:>9} req/s  p50 {:>8}  p99 {:>8}  \
+                     cpu {:.1} µs/req  other procs {:.2} cores{}",
+                    server.label.split('-').next().unwrap_or(""),
+                    fmt_rps(run.rps),
+                    fmt_us(run.p50_us),
+                    fmt_us(run.p99_us),
+                    run.cpu_us_per_req,
+                    run.other_cores,
+                    if run.errors > 0 {
+                        format!("  ({} errors!)", run.errors)
+                    } else {
+                        String::new()
+                    }
+                );
+                pair.push((warm.requests + run.requests, run));
+            }
+            let disturbed = pair.iter().any(|(_, r)| r.other_cores > cfg.max_other);
+            if disturbed && cfg.quiet_budget_s.get() > 0.0 {
+                let left = cfg.quiet_budget_s.get() - started.elapsed().as_secs_f64();
+                cfg.quiet_budget_s.set(left.max(0.0));
+                eprintln!("  round {round} disturbed by other processes: measuring it again");
+                continue;
+            }
+            res.disturbed += usize::from(disturbed);
+            let (served_b, run_b) = pair.pop().unwrap_or_default();
+            let (served_a, run_a) = pair.pop().unwrap_or_default();
+            res.served_a += served_a;
+            res.served_b += served_b;
+            res.a.push(run_a);
+            res.b.push(run_b);
+            if round == 1 {
+                res.rss_after_round1 = (rss_kib(a.pid())?.0, rss_kib(b.pid())?.0);
+            }
+            break;
+        }
+    }
+    Ok(res)
+}
+
+/// The markdown table for one A/B scenario, plus a goal line.
+fn ab_table(
+    out: &mut String,
+    cfg: &Config,
+    res: &AbResult,
+    goal_ratio: f64,
+    p99_goal_us: Option<f64>,
+) {
+    let med = |runs: &[WrkRun], f: fn(&WrkRun) -> f64| median(runs.iter().map(f).collect());
+    let rounds = |runs: &[WrkRun]| {
+        runs.iter()
+            .map(|r| fmt_rps(r.rps))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let (a_rps, b_rps) = (med(&res.a, |r| r.rps), med(&res.b, |r| r.rps));
+    let (a50, b50) = (med(&res.a, |r| r.p50_us), med(&res.b, |r| r.p50_us));
+    let (a99, b99) = (med(&res.a, |r| r.p99_us), med(&res.b, |r| r.p99_us));
+    let (acpu, bcpu) = (
+        med(&res.a, |r| r.cpu_us_per_req),
+        med(&res.b, |r| r.cpu_us_per_req),
+    );
+    let round_ratios: Vec<f64> = res
+        .a
+        .iter()
+        .zip(&res.b)
+        .map(|(a, b)| b.rps / a.rps)
+        .collect();
+    let mut per_round: Vec<String> = round_ratios.iter().map(|r| format!("{r:.2}×")).collect();
+    per_round.push(format!("(median {:.2}×)", median(round_ratios.clone())));
+    let (aoth, both) = (
+        med(&res.a, |r| r.other_cores),
+        med(&res.b, |r| r.other_cores),
+    );
+    let ratio = b_rps / a_rps;
+    let errors: u64 = res.a.iter().chain(&res.b).map(|r| r.errors).sum();
+    let disturbed = res.disturbed;
+    let _ = writeln!(
+        out,
+        "| server | req/s (median) | p50 | p99 | server CPU / req | other procs' CPU | req/s per round |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(
+        out,
+        "| A: bare axum | {} | {} | {} | {acpu:.1} µs | {aoth:.2} cores | {} |",
+        fmt_rps(a_rps),
+        fmt_us(a50),
+        fmt_us(a99),
+        rounds(&res.a)
+    );
+    let _ = writeln!(
+        out,
+        "| B: ferroserve | {} | {} | {} | {bcpu:.1} µs | {both:.2} cores | {} |",
+        fmt_rps(b_rps),
+        fmt_us(b50),
+        fmt_us(b99),
+        rounds(&res.b)
+    );
+    let _ = writeln!(
+        out,
+        "| **B / A** | **{ratio:.2}×** | {} | {} | {:.2}× | | {} |",
+        fmt_signed_us(b50 - a50),
+        fmt_signed_us(b99 - a99),
+        bcpu / acpu,
+        per_round.join(" / ").replace("/ (", "(")
+    );
+    let _ = writeln!(out);
+    let mut verdict = format!(
+        "Goal: throughput ≥ {goal_ratio}× bare axum → **{}** ({ratio:.2}×",
+        if ratio >= goal_ratio { "met" } else { "missed" }
+    );
+    if ratio < goal_ratio {
+        let _ = write!(
+            verdict,
+            ", {:.0} % short of the goal",
+            (1.0 - ratio / goal_ratio) * 100.0
+        );
+    }
+    verdict.push(')');
+    if let Some(goal) = p99_goal_us {
+        let added = b99 - a99;
+        let _ = write!(
+            verdict,
+            "; p99 added latency < {} → **{}** ({})",
+            fmt_us(goal),
+            if added < goal { "met" } else { "missed" },
+            fmt_signed_us(added)
+        );
+    }
+    let _ = writeln!(out, "{verdict}.");
+    if disturbed > 0 {
+        let _ = writeln!(
+            out,
+            "\n⚠ {disturbed} of {} rounds ran while other processes used more than {} cores \
+             (the quiet-wait budget was spent): this table is less trustworthy.",
+            res.a.len(),
+            cfg.max_other
+        );
+    }
+    if errors > 0 {
+        let _ = writeln!(out, "\n⚠ wrk reported {errors} errors (socket errors or non-2xx responses) in the measured runs.");
+    }
+    let _ = writeln!(out);
+}
+
+fn check_same(
+    a: &Server,
+    b: &Server,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<String> {
+    let (sa, ba) = http(a.port, method, path, body)?;
+    let (sb, bb) = http(b.port, method, path, body)?;
+    let va: serde_json::Value =
+        serde_json::from_str(&ba).map_err(|e| format!("A body {ba:?}: {e}"))?;
+    let vb: serde_json::Value =
+        serde_json::from_str(&bb).map_err(|e| format!("B body {bb:?}: {e}"))?;
+    if sa != 200 || sb != 200 || va != vb {
+        return Err(format!("servers disagree: A {sa} {ba:?}, B {sb} {bb:?}"));
+    }
+    Ok(bb)
+}
+
+fn command_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let s = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&s)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn machine_header(cfg: &Config) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let rustc = command_line("rustc", &["--version"]);
+    let wrk_v = command_line("wrk", &["-v"]);
+    let commit = command_line(
+        "git",
+        &[
+            "-C",
+            &cfg.bench_dir.to_string_lossy(),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    );
+    let dirty = Command::new("git")
+        .args([
+            "-C",
+            &cfg.bench_dir.to_string_lossy(),
+            "status",
+            "--porcelain",
+        ])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    let mut h = String::new();
+    let _ = writeln!(h, "- date: {date}");
+    let _ = writeln!(h, "- machine: {nproc} CPUs (nproc), {cpu}, Linux {kernel}");
+    let _ = writeln!(
+        h,
+        "- build: release, {rustc}; commit {commit}{}",
+        if dirty { " + uncommitted changes" } else { "" }
+    );
+    let _ = writeln!(
+        h,
+        "- load: `{wrk_v}` — closed loop, 1 thread, {} connections (HTTP/1.1 keep-alive), \
+         {} s warm-up then {} s measured per run; A B A B … alternation, {} rounds per side, medians",
+        cfg.connections, cfg.warmup_s, cfg.duration_s, cfg.rounds
+    );
+    let _ = writeln!(
+        h,
+        "- each A B round starts only when other processes use ≤ {} cores (checked over 0.5 s) \
+         and is measured again if they used more meanwhile, within a {:.0} s budget",
+        cfg.max_other,
+        cfg.quiet_budget_s.get()
+    );
+    let _ = writeln!(
+        h,
+        "- load average before the run (1/5/15 min): {}",
+        loadavg()
+    );
+    let _ = writeln!(h, "- client and servers share the machine: wrk takes one core, the server's tokio runtime has one worker per core");
+    h
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn write_lua(cfg: &Config, name: &str, prelude: &str) -> Result<PathBuf> {
+    let path = cfg.work_dir.join(name);
+    std::fs::write(&path, format!("{prelude}{LUA_REPORT}"))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn run(cfg: &Config) -> Result<String> {
+    let mut report = String::new();
+    let _ = writeln!(report, "{}", machine_header(cfg));
+    let get_lua = write_lua(cfg, "get.lua", "")?;
+    let post_lua = write_lua(
+        cfg,
+        "post.lua",
+        "wrk.method = \"POST\"\nwrk.body = \"[1,2,3.5]\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+    )?;
+
+    // ── scenarios 1 and 2 (A/B), with 3 (memory) measured on their servers ──────────────────
+    let mut mem_rows = Vec::new();
+    let settle = Duration::from_millis(500);
+    let ab = |name: &str,
+              fs_bin: &str,
+              script: &Path,
+              method: &str,
+              path: &str,
+              body: Option<&str>,
+              mem_rows: &mut Vec<MemRow>|
+     -> Result<AbResult> {
+        eprintln!("{name}: {method} {path}");
+        let t0 = Instant::now();
+        let mut a = Server::spawn(cfg, &format!("axum-{name}"), "bare_axum", &[name])?;
+        a.wait_ready_for(method, path, body, t0)?;
+        let t0 = Instant::now();
+        let mut b = Server::spawn(cfg, &format!("ferroserve-{name}"), fs_bin, &[])?;
+        b.wait_ready("/-/healthz", t0)?;
+        let answer = check_same(&a, &b, method, path, body)?;
+        eprintln!("  both answer {answer}");
+        std::thread::sleep(settle);
+        let (a_idle, _) = rss_kib(a.pid())?;
+        let (b_idle, _) = rss_kib(b.pid())?;
+        let res = run_ab(cfg, &mut a, &mut b, script, path)?;
+        std::thread::sleep(settle);
+        let (a_after, a_peak) = rss_kib(a.pid())?;
+        let (b_after, b_peak) = rss_kib(b.pid())?;
+        mem_rows.push(MemRow {
+            label: format!("bare axum, `{name}`"),
+            idle: a_idle,
+            round1: res.rss_after_round1.0,
+            after: a_after,
+            peak: a_peak,
+            served: res.served_a,
+        });
+        mem_rows.push(MemRow {
+            label: format!("ferroserve, `{name}`"),
+            idle: b_idle,
+            round1: res.rss_after_round1.1,
+            after: b_after,
+            peak: b_peak,
+            served: res.served_b,
+        });
+        Ok(res)
+    };
+    let counter = ab(
+        "counter",
+        "fs_counter",
+        &get_lua,
+        "GET",
+        "/?a=b&c=d",
+        None,
+        &mut mem_rows,
+    )?;
+    let hop = ab(
+        "handle_hop",
+        "fs_handle_hop",
+        &post_lua,
+        "POST",
+        "/",
+        Some("[1,2,3.5]"),
+        &mut mem_rows,
+    )?;
+
+    // ── start-up time, last (the A/B rounds get the quiet-wait budget first) ────────────────
+    eprintln!("startup: {} runs each", cfg.startup_runs);
+    let startup_cases: [(&str, &str, &str, &[&str], &str); 3] = [
+        (
+            "axum-counter",
+            "bare axum, `counter`",
+            "bare_axum",
+            &["counter"],
+            "/",
+        ),
+        (
+            "ferroserve-counter",
+            "ferroserve, `counter`",
+            "fs_counter",
+            &[],
+            "/-/healthz",
+        ),
+        (
+            "ferroserve-handle_hop",
+            "ferroserve, `handle_hop`",
+            "fs_handle_hop",
+            &[],
+            "/-/healthz",
+        ),
+    ];
+    let mut startup_rows = Vec::new();
+    for (label, display, bin, args, path) in startup_cases {
+        let mut times = Vec::new();
+        for _ in 0..cfg.startup_runs {
+            wait_quiet(cfg, &[]);
+            let t0 = Instant::now();
+            let mut s = Server::spawn(cfg, label, bin, args)?;
+            let dt = s.wait_ready(path, t0)?;
+            times.push(dt.as_secs_f64() * 1e6);
+            drop(s);
+        }
+        eprintln!(
+            "  {label}: {}",
+            times
+                .iter()
+                .map(|t| fmt_us(*t))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        startup_rows.push((display, path, times));
+    }
+
+    let _ = writeln!(
+        report,
+        "### 1. `counter` — `GET /?a=b&c=d` → `{{\"a\":\"b\",\"c\":\"d\"}}`\n"
+    );
+    ab_table(&mut report, cfg, &counter, 0.9, Some(1000.0));
+    let _ = writeln!(
+        report,
+        "### 2. `handle_hop` — `POST /` `[1,2,3.5]` → ingress → `DeploymentHandle` → model (2 replicas) → `{{\"sum\":6.5}}`\n"
+    );
+    ab_table(&mut report, cfg, &hop, 0.8, None);
+
+    let _ = writeln!(report, "### 3. Memory (VmRSS)\n");
+    let _ = writeln!(
+        report,
+        "| server | after start (idle) | after round 1 | after all rounds (idle) | \
+         growth start → end | growth round 1 → end | peak (VmHWM) | requests served |"
+    );
+    let _ = writeln!(report, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mib = |kib: i64| kib as f64 / 1024.0;
+    for r in &mem_rows {
+        let _ = writeln!(
+            report,
+            "| {} | {} | {} | {} | {:+.1} MiB | {:+.1} MiB | {} | {} |",
+            r.label,
+            fmt_mib(r.idle),
+            fmt_mib(r.round1),
+            fmt_mib(r.after),
+            mib(r.after as i64 - r.idle as i64),
+            mib(r.after as i64 - r.round1 as i64),
+            fmt_mib(r.peak),
+            fmt_rps(r.served as f64)
+        );
+    }
+    if let Some(r) = mem_rows
+        .iter()
+        .find(|r| r.label.starts_with("ferroserve, `counter`"))
+    {
+        let _ = writeln!(
+            report,
+            "\nGoal: idle `counter` RSS < 30 MB → **{}** ({}). Growth from start is allocator and \
+             buffer warm-up (bare axum shows the same); a leak would show as growth from round 1 on.",
+            if (r.idle as f64) * 1024.0 < 30e6 {
+                "met"
+            } else {
+                "missed"
+            },
+            fmt_mib(r.idle)
+        );
+    }
+    let _ = writeln!(report);
+
+    let _ = writeln!(
+        report,
+        "### 4. Start-up time (spawn → first 200), {} runs\n",
+        cfg.startup_runs
+    );
+    let _ = writeln!(report, "| server | probe | median | min | max |");
+    let _ = writeln!(report, "|---|---|---:|---:|---:|");
+    for (label, path, times) in startup_rows {
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = times.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            report,
+            "| {} | `GET {path}` | {} | {} | {} |",
+            label,
+            fmt_us(median(times)),
+            fmt_us(min),
+            fmt_us(max)
+        );
+    }
+    let _ = writeln!(
+        report,
+        "\nLoad average after the run (1/5/15 min): {}.",
+        loadavg()
+    );
+    Ok(report)
+}
+
+impl Server {
+    /// Like [`Server::wait_ready`] but for any method/body (the axum `handle_hop` server has
+    /// only `POST /`).
+    fn wait_ready_for(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        since: Instant,
+    ) -> Result<Duration> {
+        if method == "GET" {
+            return self.wait_ready(path, since);
+        }
+        let deadline = since + Duration::from_secs(30);
+        loop {
+            if let Ok((200, _)) = http(self.port, method, path, body) {
+                return Ok(since.elapsed());
+            }
+            self.ensure_alive()?;
+            if Instant::now() > deadline {
+                return Err(format!("{} not ready after 30 s", self.label));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+fn update_readme(bench_dir: &Path, report: &str) -> Result<()> {
+    let path = bench_dir.join("README.md");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (start, end) = ("<!-- results:start -->", "<!-- results:end -->");
+    let (Some(i), Some(j)) = (text.find(start), text.find(end)) else {
+        return Err(format!("{} has no {start} … {end} markers", path.display()));
+    };
+    let new = format!("{}{start}\n{report}{}", &text[..i], &text[j..]);
+    std::fs::write(&path, new).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn main() {
+    let bin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let work_dir = std::env::temp_dir().join("ferroserve-bench");
+    if let Err(e) = std::fs::create_dir_all(&work_dir) {
+        eprintln!("{}: {e}", work_dir.display());
+        std::process::exit(1);
+    }
+    let cfg = Config {
+        bin_dir,
+        work_dir,
+        bench_dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        rounds: env_num("BENCH_ROUNDS", 5).max(2) as usize,
+        duration_s: env_num("BENCH_DURATION", 5).max(1),
+        warmup_s: env_num("BENCH_WARMUP", 1).max(1),
+        connections: env_num("BENCH_CONNECTIONS", 16).max(1),
+        startup_runs: env_num("BENCH_STARTUP_RUNS", 5).max(1) as usize,
+        max_other: std::env::var("BENCH_MAX_OTHER")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.1),
+        quiet_budget_s: std::cell::Cell::new(env_num("BENCH_QUIET_BUDGET", 180) as f64),
+    };
+    match run(&cfg) {
+        Ok(report) => {
+            println!("{report}");
+            let results = format!("# ferroserve load benchmark — latest results\n\nProduced by `bash bench/run.sh`; see README.md for what each scenario measures.\n\n{report}");
+            if let Err(e) = std::fs::write(cfg.bench_dir.join("RESULTS.md"), results) {
+                eprintln!("writing RESULTS.md: {e}");
+            }
+            if let Err(e) = update_readme(&cfg.bench_dir, &report) {
+                eprintln!("not updating README.md: {e}");
+            }
+            eprintln!("raw wrk output and server logs: {}", cfg.work_dir.display());
+        }
+        Err(e) => {
+            eprintln!("benchmark failed: {e}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# ferroserve load benchmark: builds the bench crate in release mode, then runs the orchestrator
+# (bench/src/main.rs), which starts each scenario's servers on 127.0.0.1, drives them with wrk
+# (closed loop, 1 thread, 16 connections, 1 s warm-up, A B A B alternation), and prints markdown
+# tables (also written to bench/RESULTS.md and into bench/README.md).
+#
+# Usage, from the repository root:  bash bench/run.sh
+# Knobs: BENCH_ROUNDS (3), BENCH_DURATION (5), BENCH_WARMUP (1), BENCH_CONNECTIONS (16),
+#        BENCH_STARTUP_RUNS (5), CARGO_TARGET_DIR (~/.cache/ferroserve-target).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "wrk not found; installing the Debian package" >&2
+    (apt-get update && apt-get install -y wrk) >&2
+fi
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferroserve-target}"
+echo "building (release) into $CARGO_TARGET_DIR ..." >&2
+cargo build --release -p ferroserve-bench \
+    --bin ferroserve-bench --bin bare_axum --bin fs_counter --bin fs_handle_hop >&2
+
+# The orchestrator kills its servers itself; this trap is the safety net for Ctrl-C, errors and
+# SIGTERM: every server PID it has alive is listed in this file.
+export BENCH_PIDFILE
+BENCH_PIDFILE="$(mktemp -t ferroserve-bench-pids.XXXXXX)"
+orchestrator_pid=""
+cleanup() {
+    if [[ -n "$orchestrator_pid" ]]; then kill "$orchestrator_pid" 2>/dev/null || true; fi
+    if [[ -s "$BENCH_PIDFILE" ]]; then
+        while read -r pid; do
+            [[ -n "$pid" ]] && kill -9 "$pid" 2>/dev/null || true
+        done <"$BENCH_PIDFILE"
+    fi
+    rm -f "$BENCH_PIDFILE"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$CARGO_TARGET_DIR/release/ferroserve-bench" &
+orchestrator_pid=$!
+status=0
+wait "$orchestrator_pid" || status=$?
+orchestrator_pid=""
+exit "$status"
