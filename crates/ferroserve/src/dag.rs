@@ -59,6 +59,14 @@ impl<I, O> Clone for DagNode<I, O> {
 /// The graph's input: the request as parsed by the HTTP adapter `A`.
 pub struct InputNode<A>(std::marker::PhantomData<fn() -> A>);
 
+impl InputNode<crate::adapters::StarletteRequest> {
+    /// The input node of a graph that takes the raw request (Ray's default `http_adapter`).
+    pub fn request() -> DagNode<crate::adapters::StarletteRequest, crate::adapters::StarletteRequest>
+    {
+        InputNode::new()
+    }
+}
+
 impl<A: Send + 'static> InputNode<A> {
     /// The input node of a graph served with adapter `A`.
     #[allow(clippy::new_ret_no_self)]

@@ -5,7 +5,7 @@ mod common;
 use std::io::Cursor;
 
 use common::{client, start, Example};
-use ferroserve::adapters::{JsonRequest, JsonToNdarrayOf};
+use ferroserve::adapters::{JsonRequest, JsonToNdarrayOf, StarletteRequest};
 use ferroserve::dag::{DagDriver, InputNode};
 use ferroserve::{Deployment, Handles, Serve};
 use serde_json::{json, Value};
@@ -300,11 +300,14 @@ async fn dag_driver_serves_a_chain_and_an_ensemble_on_sub_routes() {
     let b = input.call(&triple, Apply).call(&total, Sum);
     let ensemble = a.join(b).call(&combine, |(a, b)| Pair(a, b));
     let echo = InputNode::<JsonRequest>::new().map(|JsonRequest(v)| v);
+    // The default adapter: the raw request.
+    let method = InputNode::request().map(|StarletteRequest(r)| r.method().to_string());
 
     let app = DagDriver::new()
         .route("/chain", chain)
         .route("/ensemble", ensemble)
         .route("/echo", echo)
+        .route("/method", method)
         .bind();
     let (server, base) = start(Serve::new().app(app)).await;
     let body = json!({"array": [1, 2, 3]});
@@ -322,6 +325,15 @@ async fn dag_driver_serves_a_chain_and_an_ensemble_on_sub_routes() {
     );
     let (_, v) = post_json(&format!("{base}/echo"), json!({"k": [1]})).await;
     assert_eq!(v, json!({"k": [1]}));
+    let v: Value = client()
+        .get(format!("{base}/method"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, json!("GET"));
     let (s, v) = post_json(
         &format!("{base}/chain"),
         json!({"array": [1], "dtype": "int64"}),
