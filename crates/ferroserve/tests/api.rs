@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use common::{client, start, Example};
 use ferroserve::api::routing::{get, post};
-use ferroserve::api::{ApiIngress, ApiRouter, Json, Path, RootPath};
+use ferroserve::api::{ApiIngress, ApiRouter, Headers, Json, Path, RootPath};
 use ferroserve::{Application, Deployment, Serve};
 use serde_json::{json, Value};
 
@@ -267,6 +267,16 @@ impl Stateful {
     async fn item(Path((a, b)): Path<(String, u32)>) -> Json<String> {
         Json(format!("{a}:{b}"))
     }
+
+    async fn whoami(Headers(who): Headers<Who>) -> Json<Value> {
+        Json(json!({"user": who.x_user_id, "agent": who.x_agent}))
+    }
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct Who {
+    x_user_id: u32,
+    x_agent: Option<String>,
 }
 
 impl ApiIngress for Stateful {
@@ -274,6 +284,7 @@ impl ApiIngress for Stateful {
         ApiRouter::new()
             .api_route("/hit", post(Self::hit))
             .api_route("/items/{a}/{b}", get(Self::item))
+            .api_route("/whoami", get(Self::whoami))
     }
 }
 

@@ -32,6 +32,12 @@ pub struct Query<T>(pub T);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Path<T>(pub T);
 
+/// Request headers deserialized into `T`: each field reads the header of the same name with
+/// `_` as `-` (`x_token` reads `x-token`), as FastAPI's `Header()`. Values are parsed from text
+/// (numbers, booleans); a missing or malformed one is a `422` at `["header", name]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Headers<T>(pub T);
+
 /// Runs `garde` validation on an extracted [`Json`], [`Query`] or [`Path`]: every violated
 /// constraint becomes an entry of one `422`, located at `[location, field, ...]`.
 ///
@@ -169,6 +175,45 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
                 Err(ValidationError::one(kind, loc, msg, input).into())
             }
         }
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Headers<T> {
+    type Rejection = Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Rejection> {
+        // Header names as field names; values as form-encoded text so that serde parses numbers.
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        let mut pairs = serde_json::Map::new();
+        for (name, value) in &parts.headers {
+            let Ok(value) = value.to_str() else { continue };
+            let field = name.as_str().replace('-', "_");
+            form.append_pair(&field, value);
+            pairs.insert(name.as_str().to_owned(), Value::from(value));
+        }
+        let form = form.finish();
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(form.as_bytes()));
+        match serde_path_to_error::deserialize(de) {
+            Ok(v) => Ok(Headers(v)),
+            Err(err) => {
+                let (kind, msg, missing) = classify(&err.inner().to_string());
+                let field = missing.unwrap_or_else(|| err.path().to_string());
+                let header = field.replace('_', "-");
+                let input = pairs.get(&header).cloned().unwrap_or(Value::Null);
+                Err(
+                    ValidationError::one(kind, vec!["header".into(), header.into()], msg, input)
+                        .into(),
+                )
+            }
+        }
+    }
+}
+
+impl<T: garde::Validate<Context = ()>> Validatable for Headers<T> {
+    type Inner = T;
+    const LOCATION: &'static str = "header";
+    fn inner(&self) -> &T {
+        &self.0
     }
 }
 
@@ -415,6 +460,25 @@ mod openapi {
                 super::super::PATH_PARAMS_EXT.to_owned(),
                 Value::Array(schemas),
             );
+        }
+        fn inferred_early_responses(
+            ctx: &mut GenContext,
+            _operation: &mut Operation,
+        ) -> Vec<(Option<u16>, Response)> {
+            unprocessable(ctx)
+        }
+    }
+
+    impl<T: JsonSchema> OperationInput for Headers<T> {
+        fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+            use aide::operation::{add_parameters, parameters_from_schema, ParamLocation};
+            let schema = ctx.schema.subschema_for::<T>();
+            let mut params = parameters_from_schema(ctx, schema, ParamLocation::Header);
+            for p in &mut params {
+                let data = p.parameter_data_mut();
+                data.name = data.name.replace('_', "-");
+            }
+            add_parameters(ctx, operation, params);
         }
         fn inferred_early_responses(
             ctx: &mut GenContext,

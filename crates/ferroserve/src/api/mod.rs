@@ -9,7 +9,7 @@
 //!
 //! | FastAPI | ferroserve |
 //! |---|---|
-//! | `@app.get("/{id}")` with typed params | `.api_route("/{id}", get(handler))`, `Path<T>`, `Query<T>`, `Json<T>` |
+//! | `@app.get("/{id}")` with typed params | `.api_route("/{id}", get(handler))`, `Path<T>`, `Query<T>`, `Headers<T>`, `Json<T>` |
 //! | pydantic model + constraints, 422 | `#[derive(Deserialize, JsonSchema, garde::Validate)]` + [`Valid`]`<Json<T>>` |
 //! | `Depends(get_db)` | any axum extractor (`FromRequestParts`), or a field of `self` built once per replica |
 //! | middleware | tower layers: `.layer(...)` on the router |
@@ -40,7 +40,7 @@ use crate::stream::{attach, PinnedSlot};
 
 pub use aide::axum::routing;
 pub use aide::axum::ApiRouter;
-pub use extract::{Json, Path, Query, RootPath, Valid, Validatable};
+pub use extract::{Headers, Json, Path, Query, RootPath, Valid, Validatable};
 pub use rejection::{DetailError, ErrorDetail, Rejection, ValidationError};
 pub use ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, DEFAULT_MAX_MESSAGE_SIZE};
 
