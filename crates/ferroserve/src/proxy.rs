@@ -54,13 +54,14 @@ impl ProxyState {
 
 const REQUEST_ID: &str = "x-request-id";
 
-fn request_id(req: &http::Request<Incoming>) -> String {
+/// The client's `x-request-id` (printable, at most 256 bytes), else a fresh UUID.
+fn request_id(req: &http::Request<Incoming>) -> Arc<str> {
     req.headers()
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 256)
-        .map(str::to_owned)
-        .unwrap_or_else(uuid_v4)
+        .map(Arc::from)
+        .unwrap_or_else(|| uuid_v4().into())
 }
 
 /// Serves one request. Cancel safe: dropping it (client gone) cancels the request's work.
@@ -82,7 +83,7 @@ async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Respons
                 Err(_) => {
                     tracing::warn!(request_id = %request_id, "request timed out after {timeout:?}, cancelled");
                     Error::Timeout {
-                        request_id: request_id.clone(),
+                        request_id: request_id.to_string(),
                         timeout,
                     }
                     .into_response()
@@ -97,7 +98,7 @@ async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Respons
         .into_response()
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", value);
+        response.headers_mut().insert(REQUEST_ID, value);
     }
     response
 }
