@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # ferroserve load benchmark: builds the bench crate in release mode, then runs the orchestrator
 # (bench/src/main.rs), which starts each scenario's servers on 127.0.0.1, drives them with wrk
-# (closed loop, 1 thread, 16 connections, 1 s warm-up, A B A B alternation), and prints markdown
-# tables (also written to bench/RESULTS.md and into bench/README.md).
+# or the WebSocket echo client (closed loop, 1 thread, 16 connections (4 for json_to_ndarray),
+# 1 s warm-up, A B A B alternation), measures streaming TTFB and cancellation latency, and prints
+# markdown tables (also written to bench/RESULTS.md and into bench/README.md). About 8 minutes
+# after the build on a quiet machine.
 #
 # Usage, from the repository root:  bash bench/run.sh
-# Knobs: BENCH_ROUNDS (3), BENCH_DURATION (5), BENCH_WARMUP (1), BENCH_CONNECTIONS (16),
-#        BENCH_STARTUP_RUNS (5), CARGO_TARGET_DIR (~/.cache/ferroserve-target).
+# Knobs: BENCH_ROUNDS (5), BENCH_DURATION (5), BENCH_WARMUP (1), BENCH_CONNECTIONS (16),
+#        BENCH_JSON_CONNECTIONS (4), BENCH_TTFB_REQUESTS (1000), BENCH_CANCELS (1000),
+#        BENCH_STARTUP_RUNS (5), BENCH_MAX_OTHER (0.1), BENCH_QUIET_BUDGET (300),
+#        CARGO_TARGET_DIR (~/.cache/ferroserve-target).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,7 +23,9 @@ fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ferroserve-target}"
 echo "building (release) into $CARGO_TARGET_DIR ..." >&2
 cargo build --release -p ferroserve-bench \
-    --bin ferroserve-bench --bin bare_axum --bin fs_counter --bin fs_handle_hop >&2
+    --bin ferroserve-bench --bin bare_axum --bin fs_counter --bin fs_handle_hop \
+    --bin fs_fastapi_hello --bin fs_streaming --bin fs_websocket_echo --bin fs_json_to_ndarray \
+    --bin ws_echo_client --bin stream_ttfb --bin cancel_latency >&2
 
 # The orchestrator kills its servers itself; this trap is the safety net for Ctrl-C, errors and
 # SIGTERM: every server PID it has alive is listed in this file.

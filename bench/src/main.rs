@@ -1,16 +1,21 @@
 //! The load-benchmark orchestrator behind `bash bench/run.sh`.
 //!
 //! For each scenario it starts a bare axum server (A) and a ferroserve server (B) doing the same
-//! work, checks they answer the same body, then drives them with `wrk` (closed loop, 1 thread,
-//! 16 connections, 1 s warm-up before each 5 s measurement), alternating A B A B … so that
-//! machine drift hits both sides alike, and reports medians and the ferroserve / axum ratio.
-//! It also measures idle RSS (and its growth under load) and start-up time (spawn → first 200).
+//! work, checks they answer alike, then drives them with a closed-loop load client — `wrk` (1
+//! thread), or `ws_echo_client` for WebSockets — with a 1 s warm-up before each 5 s measurement,
+//! alternating A B A B … so that machine drift hits both sides alike, and reports medians and the
+//! ferroserve / axum ratio. Scenarios: `counter`, `handle_hop`, `fastapi_hello`, `streaming`
+//! (plus time to first byte with `stream_ttfb`), `websocket_echo`, `json_to_ndarray` (1 MB and
+//! 10 MB bodies). It also runs `cancel_latency`, and measures RSS (idle and under load) and
+//! start-up time (spawn → first 200).
 //!
 //! The markdown report goes to stdout, to `bench/RESULTS.md`, and into `bench/README.md`
 //! between the `<!-- results:start -->` / `<!-- results:end -->` markers; progress goes to
-//! stderr. Knobs (environment): `BENCH_ROUNDS` (3, at least 2), `BENCH_DURATION` (5 s),
-//! `BENCH_WARMUP` (1 s), `BENCH_CONNECTIONS` (16), `BENCH_STARTUP_RUNS` (5), `BENCH_PIDFILE`
-//! (where the live server PIDs are kept, so the calling script can kill them on exit).
+//! stderr. Knobs (environment): `BENCH_ROUNDS` (5, at least 2), `BENCH_DURATION` (5 s),
+//! `BENCH_WARMUP` (1 s), `BENCH_CONNECTIONS` (16), `BENCH_JSON_CONNECTIONS` (4),
+//! `BENCH_TTFB_REQUESTS` (1000), `BENCH_CANCELS` (1000), `BENCH_STARTUP_RUNS` (5),
+//! `BENCH_MAX_OTHER` (0.1 cores), `BENCH_QUIET_BUDGET` (300 s), `BENCH_PIDFILE` (where the live
+//! server PIDs are kept, so the calling script can kill them on exit).
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -50,6 +55,12 @@ struct Config {
     warmup_s: u64,
     connections: u64,
     startup_runs: usize,
+    /// `wrk` connections of the `json_to_ndarray` scenario.
+    json_connections: u64,
+    /// Measured requests per server of the streaming TTFB client.
+    ttfb_requests: u64,
+    /// Cancels measured by `cancel_latency`.
+    cancels: u64,
     /// Other processes' CPU (cores) above which a run counts as disturbed.
     max_other: f64,
     /// Seconds still available for waiting for a quiet machine and re-running disturbed rounds.
@@ -226,6 +237,20 @@ fn cpu_ticks(pid: u32) -> u64 {
     get(11) + get(12)
 }
 
+/// User + system CPU time of this process's reaped children so far, in clock ticks.
+fn children_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    let Some((_, after_comm)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let f: Vec<&str> = after_comm.split_whitespace().collect();
+    // cutime/cstime are fields 16/17.
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(13) + get(14)
+}
+
 fn clock_ticks_per_s() -> f64 {
     static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TCK.get_or_init(|| {
@@ -263,60 +288,135 @@ done = function(summary, latency, requests)
 end
 "#;
 
-fn wrk(
-    cfg: &Config,
-    server: &Server,
-    script: &Path,
-    path: &str,
-    secs: u64,
-    log: Option<&Path>,
-) -> Result<WrkRun> {
-    let url = format!("http://127.0.0.1:{}{path}", server.port);
-    let out_path = cfg.work_dir.join("wrk.stdout");
-    let err_path = cfg.work_dir.join("wrk.stderr");
+/// How a scenario loads a server: `wrk` with a Lua script, or the WebSocket echo client.
+enum Load<'a> {
+    Wrk {
+        script: &'a Path,
+        path: &'a str,
+        connections: u64,
+    },
+    WsEcho {
+        connections: u64,
+    },
+}
+
+impl Load<'_> {
+    fn connections(&self) -> u64 {
+        match self {
+            Load::Wrk { connections, .. } | Load::WsEcho { connections } => *connections,
+        }
+    }
+}
+
+/// A load client's (or any measured helper's) run: its output and the CPU accounting.
+struct ClientRun {
+    stdout: String,
+    /// CPU time of `pids` (the servers) during the run, in seconds.
+    server_cpu_s: f64,
+    /// CPU used by everything but `pids` and the client during the run (incl. steal), in cores.
+    other_cores: f64,
+    /// Wall time of the run, seconds.
+    elapsed_s: f64,
+}
+
+impl ClientRun {
+    /// Whether other processes disturbed the run. Runs shorter than 1 s are judged by the CPU
+    /// time others used as if spread over 1 s, since a few clock ticks of rounding in
+    /// `/proc/stat` would otherwise look like a disturbance.
+    fn disturbed(&self, cfg: &Config) -> bool {
+        self.other_cores * self.elapsed_s / self.elapsed_s.max(1.0) > cfg.max_other
+    }
+}
+
+/// Runs `cmd` to completion, sampling its CPU time, and accounts the machine's CPU meanwhile.
+fn run_client(cfg: &Config, mut cmd: Command, pids: &[u32]) -> Result<ClientRun> {
+    let out_path = cfg.work_dir.join("client.stdout");
+    let err_path = cfg.work_dir.join("client.stderr");
     let file = |p: &Path| std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()));
-    let (busy_before, server_before) = (machine_busy_ticks(), cpu_ticks(server.pid()));
+    let servers = || pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>();
+    let (busy_before, server_before) = (machine_busy_ticks(), servers());
     let t0 = Instant::now();
-    let mut child = Command::new("wrk")
-        .arg("-t1")
-        .arg(format!("-c{}", cfg.connections))
-        .arg(format!("-d{secs}s"))
-        .arg("--latency")
-        .arg("-s")
-        .arg(script)
-        .arg(&url)
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(file(&out_path)?)
         .stderr(file(&err_path)?)
         .spawn()
-        .map_err(|e| format!("running wrk: {e}"))?;
-    // wrk's own CPU time, sampled until it exits (a zombie's /proc entry no longer tells).
-    let mut wrk_ticks = 0;
+        .map_err(|e| format!("running {program}: {e}"))?;
+    // The client's own CPU time: it is added to this process's `cutime`/`cstime` when
+    // `try_wait` reaps it (no other child is reaped meanwhile: the servers live on).
+    let children_before = children_ticks();
     let status = loop {
         if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
             break status;
         }
-        wrk_ticks = cpu_ticks(child.id()).max(wrk_ticks);
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     };
+    let client_ticks = children_ticks().saturating_sub(children_before);
     let elapsed = t0.elapsed().as_secs_f64();
-    let server_ticks = cpu_ticks(server.pid()).saturating_sub(server_before);
+    let server_ticks = servers().saturating_sub(server_before);
     let busy = machine_busy_ticks().saturating_sub(busy_before);
     let tck = clock_ticks_per_s();
-    let other_cores = busy.saturating_sub(server_ticks + wrk_ticks) as f64 / tck / elapsed;
-    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let other_cores = busy.saturating_sub(server_ticks + client_ticks) as f64 / tck / elapsed;
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    if !status.success() {
+        return Err(format!("{program} failed ({status}): {stderr}{stdout}"));
+    }
+    Ok(ClientRun {
+        stdout: format!("{stdout}{stderr}"),
+        server_cpu_s: server_ticks as f64 / tck,
+        other_cores,
+        elapsed_s: elapsed,
+    })
+}
+
+/// One load run of `secs` seconds against `server`; the raw output goes to `log` if given.
+fn load_run(
+    cfg: &Config,
+    server: &Server,
+    load: &Load<'_>,
+    secs: u64,
+    log: Option<&Path>,
+) -> Result<WrkRun> {
+    let (cmd, shown) = match load {
+        Load::Wrk {
+            script,
+            path,
+            connections,
+        } => {
+            let url = format!("http://127.0.0.1:{}{path}", server.port);
+            let mut cmd = Command::new("wrk");
+            cmd.arg("-t1")
+                .arg(format!("-c{connections}"))
+                .arg(format!("-d{secs}s"))
+                .arg("--latency")
+                .arg("-s")
+                .arg(script)
+                .arg(&url);
+            (
+                cmd,
+                format!("wrk -t1 -c{connections} -d{secs}s --latency {url}"),
+            )
+        }
+        Load::WsEcho { connections } => {
+            let url = format!("ws://127.0.0.1:{}/", server.port);
+            let mut cmd = Command::new(cfg.bin_dir.join("ws_echo_client"));
+            cmd.arg(&url)
+                .arg(connections.to_string())
+                .arg(secs.to_string());
+            (cmd, format!("ws_echo_client {url} {connections} {secs}"))
+        }
+    };
+    let run = run_client(cfg, cmd, &[server.pid()])?;
     if let Some(log) = log {
-        let _ = std::fs::write(log, format!("$ wrk … {url}\n{text}{stderr}"));
+        let _ = std::fs::write(log, format!("$ {shown}\n{}", run.stdout));
     }
-    let out = WrkOutput { status, stderr };
-    if !out.status.success() {
-        return Err(format!("wrk failed ({}): {}", out.status, out.stderr));
-    }
-    let line = text
+    let line = run
+        .stdout
         .lines()
         .find_map(|l| l.strip_prefix("FSBENCH "))
-        .ok_or_else(|| format!("no FSBENCH line in wrk output:\n{text}"))?;
+        .ok_or_else(|| format!("no FSBENCH line in the output of {shown}:\n{}", run.stdout))?;
     let v: Vec<f64> = line
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
@@ -326,7 +426,6 @@ fn wrk(
     }
     let requests = v[0] as u64;
     let duration_s = v[1] / 1e6;
-    let cpu_s = server_ticks as f64 / tck;
     Ok(WrkRun {
         requests,
         rps: requests as f64 / duration_s,
@@ -334,17 +433,12 @@ fn wrk(
         p99_us: v[3],
         errors: v[4] as u64,
         cpu_us_per_req: if requests > 0 {
-            cpu_s * 1e6 / requests as f64
+            run.server_cpu_s * 1e6 / requests as f64
         } else {
             0.0
         },
-        other_cores,
+        other_cores: run.other_cores,
     })
-}
-
-struct WrkOutput {
-    status: std::process::ExitStatus,
-    stderr: String,
 }
 
 /// Busy CPU time of the whole machine so far (all CPUs: user, nice, system and steal; not idle,
@@ -466,13 +560,7 @@ fn wait_quiet(cfg: &Config, pids: &[u32]) {
 }
 
 /// Warm-up + measurement on A, then on B, `rounds` times.
-fn run_ab(
-    cfg: &Config,
-    a: &mut Server,
-    b: &mut Server,
-    script: &Path,
-    path: &str,
-) -> Result<AbResult> {
+fn run_ab(cfg: &Config, a: &mut Server, b: &mut Server, load: &Load<'_>) -> Result<AbResult> {
     let mut res = AbResult {
         a: Vec::new(),
         b: Vec::new(),
@@ -488,11 +576,11 @@ fn run_ab(
             let started = Instant::now();
             let mut pair = Vec::new();
             for (side, server) in [("A", &mut *a), ("B", &mut *b)] {
-                let warm = wrk(cfg, server, script, path, cfg.warmup_s, None)?;
+                let warm = load_run(cfg, server, load, cfg.warmup_s, None)?;
                 let log = cfg
                     .work_dir
-                    .join(format!("{}-round{round}.wrk.txt", server.label));
-                let run = wrk(cfg, server, script, path, cfg.duration_s, Some(&log))?;
+                    .join(format!("{}-round{round}.load.txt", server.label));
+                let run = load_run(cfg, server, load, cfg.duration_s, Some(&log))?;
                 server.ensure_alive()?;
                 eprintln!(
                     "  round {round} {side} {:<11} {:>9} req/s  p50 {:>8}  p99 {:>8}  \
@@ -534,14 +622,23 @@ fn run_ab(
     Ok(res)
 }
 
-/// The markdown table for one A/B scenario, plus a goal line.
-fn ab_table(
-    out: &mut String,
-    cfg: &Config,
-    res: &AbResult,
-    goal_ratio: f64,
+/// How to present one A/B scenario.
+struct TableSpec {
+    /// What one unit of load is: `req` or `msg`.
+    unit: &'static str,
+    /// An extra throughput column derived from the rate: its header and the factor.
+    derived: Option<(&'static str, f64)>,
+    /// Goal for B's derived throughput (e.g. chunks/s), if DESIGN §8 sets one.
+    derived_goal: Option<f64>,
+    /// Goal for B / A throughput, if DESIGN §8 sets one.
+    goal_ratio: Option<f64>,
+    /// Goal for the p99 added latency, µs.
     p99_goal_us: Option<f64>,
-) {
+}
+
+/// The markdown table for one A/B scenario, plus a goal line.
+fn ab_table(out: &mut String, cfg: &Config, res: &AbResult, spec: &TableSpec) {
+    let unit = spec.unit;
     let med = |runs: &[WrkRun], f: fn(&WrkRun) -> f64| median(runs.iter().map(f).collect());
     let rounds = |runs: &[WrkRun]| {
         runs.iter()
@@ -571,14 +668,24 @@ fn ab_table(
     let ratio = b_rps / a_rps;
     let errors: u64 = res.a.iter().chain(&res.b).map(|r| r.errors).sum();
     let disturbed = res.disturbed;
+    let (dh, da, db, dr) = match spec.derived {
+        Some((header, k)) => (
+            format!(" {header} (median) |"),
+            format!(" {} |", fmt_rps(a_rps * k)),
+            format!(" {} |", fmt_rps(b_rps * k)),
+            format!(" **{ratio:.2}×** |"),
+        ),
+        None => Default::default(),
+    };
+    let dsep = if spec.derived.is_some() { "---:|" } else { "" };
     let _ = writeln!(
         out,
-        "| server | req/s (median) | p50 | p99 | server CPU / req | other procs' CPU | req/s per round |"
+        "| server | {unit}/s (median) |{dh} p50 | p99 | server CPU / {unit} | other procs' CPU | {unit}/s per round |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---:|{dsep}---:|---:|---:|---:|---|");
     let _ = writeln!(
         out,
-        "| A: bare axum | {} | {} | {} | {acpu:.1} µs | {aoth:.2} cores | {} |",
+        "| A: bare axum | {} |{da} {} | {} | {acpu:.1} µs | {aoth:.2} cores | {} |",
         fmt_rps(a_rps),
         fmt_us(a50),
         fmt_us(a99),
@@ -586,7 +693,7 @@ fn ab_table(
     );
     let _ = writeln!(
         out,
-        "| B: ferroserve | {} | {} | {} | {bcpu:.1} µs | {both:.2} cores | {} |",
+        "| B: ferroserve | {} |{db} {} | {} | {bcpu:.1} µs | {both:.2} cores | {} |",
         fmt_rps(b_rps),
         fmt_us(b50),
         fmt_us(b99),
@@ -594,36 +701,49 @@ fn ab_table(
     );
     let _ = writeln!(
         out,
-        "| **B / A** | **{ratio:.2}×** | {} | {} | {:.2}× | | {} |",
+        "| **B / A** | **{ratio:.2}×** |{dr} {} | {} | {:.2}× | | {} |",
         fmt_signed_us(b50 - a50),
         fmt_signed_us(b99 - a99),
         bcpu / acpu,
         per_round.join(" / ").replace("/ (", "(")
     );
     let _ = writeln!(out);
-    let mut verdict = format!(
-        "Goal: throughput ≥ {goal_ratio}× bare axum → **{}** ({ratio:.2}×",
-        if ratio >= goal_ratio { "met" } else { "missed" }
-    );
-    if ratio < goal_ratio {
-        let _ = write!(
-            verdict,
-            ", {:.0} % short of the goal",
-            (1.0 - ratio / goal_ratio) * 100.0
+    let mut verdicts = Vec::new();
+    if let Some(goal_ratio) = spec.goal_ratio {
+        let mut verdict = format!(
+            "throughput ≥ {goal_ratio}× bare axum → **{}** ({ratio:.2}×",
+            if ratio >= goal_ratio { "met" } else { "missed" }
         );
+        if ratio < goal_ratio {
+            let _ = write!(
+                verdict,
+                ", {:.0} % short of the goal",
+                (1.0 - ratio / goal_ratio) * 100.0
+            );
+        }
+        verdict.push(')');
+        verdicts.push(verdict);
     }
-    verdict.push(')');
-    if let Some(goal) = p99_goal_us {
+    if let (Some(goal), Some((header, k))) = (spec.derived_goal, spec.derived) {
+        verdicts.push(format!(
+            "ferroserve ≥ {} {header} → **{}** ({})",
+            fmt_rps(goal),
+            if b_rps * k >= goal { "met" } else { "missed" },
+            fmt_rps(b_rps * k)
+        ));
+    }
+    if let Some(goal) = spec.p99_goal_us {
         let added = b99 - a99;
-        let _ = write!(
-            verdict,
-            "; p99 added latency < {} → **{}** ({})",
+        verdicts.push(format!(
+            "p99 added latency < {} → **{}** ({})",
             fmt_us(goal),
             if added < goal { "met" } else { "missed" },
             fmt_signed_us(added)
-        );
+        ));
     }
-    let _ = writeln!(out, "{verdict}.");
+    if !verdicts.is_empty() {
+        let _ = writeln!(out, "Goal: {}.", verdicts.join("; "));
+    }
     if disturbed > 0 {
         let _ = writeln!(
             out,
@@ -634,7 +754,7 @@ fn ab_table(
         );
     }
     if errors > 0 {
-        let _ = writeln!(out, "\n⚠ wrk reported {errors} errors (socket errors or non-2xx responses) in the measured runs.");
+        let _ = writeln!(out, "\n⚠ the load client reported {errors} errors (socket errors, non-2xx responses or wrong echoes) in the measured runs.");
     }
     let _ = writeln!(out);
 }
@@ -648,11 +768,15 @@ fn check_same(
 ) -> Result<String> {
     let (sa, ba) = http(a.port, method, path, body)?;
     let (sb, bb) = http(b.port, method, path, body)?;
-    let va: serde_json::Value =
-        serde_json::from_str(&ba).map_err(|e| format!("A body {ba:?}: {e}"))?;
-    let vb: serde_json::Value =
-        serde_json::from_str(&bb).map_err(|e| format!("B body {bb:?}: {e}"))?;
-    if sa != 200 || sb != 200 || va != vb {
+    // JSON answers are compared as values, anything else (a stream's text) byte for byte.
+    let same = match (
+        serde_json::from_str::<serde_json::Value>(&ba),
+        serde_json::from_str::<serde_json::Value>(&bb),
+    ) {
+        (Ok(va), Ok(vb)) => va == vb,
+        _ => ba == bb,
+    };
+    if sa != 200 || sb != 200 || !same {
         return Err(format!("servers disagree: A {sa} {ba:?}, B {sb} {bb:?}"));
     }
     Ok(bb)
@@ -729,9 +853,10 @@ fn machine_header(cfg: &Config) -> String {
     );
     let _ = writeln!(
         h,
-        "- load: `{wrk_v}` — closed loop, 1 thread, {} connections (HTTP/1.1 keep-alive), \
-         {} s warm-up then {} s measured per run; A B A B … alternation, {} rounds per side, medians",
-        cfg.connections, cfg.warmup_s, cfg.duration_s, cfg.rounds
+        "- load: `{wrk_v}` (HTTP) or `ws_echo_client` (WebSocket) — closed loop, 1 thread, \
+         {} connections ({} for `json_to_ndarray`; HTTP/1.1 keep-alive), {} s warm-up then {} s \
+         measured per run; A B A B … alternation, {} rounds per side, medians",
+        cfg.connections, cfg.json_connections, cfg.warmup_s, cfg.duration_s, cfg.rounds
     );
     let _ = writeln!(
         h,
@@ -745,7 +870,7 @@ fn machine_header(cfg: &Config) -> String {
         "- load average before the run (1/5/15 min): {}",
         loadavg()
     );
-    let _ = writeln!(h, "- client and servers share the machine: wrk takes one core, the server's tokio runtime has one worker per core");
+    let _ = writeln!(h, "- client and servers share the machine: the load client takes one core, the server's tokio runtime has one worker per core");
     h
 }
 
@@ -762,6 +887,246 @@ fn write_lua(cfg: &Config, name: &str, prelude: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// One A/B scenario: which servers, the request both must answer alike, and the load.
+struct Scenario<'a> {
+    /// Label in logs, file names and the memory table.
+    name: &'a str,
+    /// `bare_axum`'s scenario argument.
+    axum_mode: &'a str,
+    /// The ferroserve server binary.
+    fs_bin: &'a str,
+    /// `(method, path, body)` both servers must answer with the same `200` body; `None` for the
+    /// WebSocket scenario, whose echo the client itself checks.
+    probe: Option<(&'a str, &'a str, Option<&'a str>)>,
+    load: Load<'a>,
+}
+
+/// An A/B scenario's results and its two servers, still running.
+struct AbOutcome {
+    res: AbResult,
+    a: Server,
+    b: Server,
+}
+
+/// Starts both servers of `sc`, checks them, runs the A B rounds, and records memory.
+fn ab_scenario(cfg: &Config, sc: &Scenario<'_>, mem_rows: &mut Vec<MemRow>) -> Result<AbOutcome> {
+    let settle = Duration::from_millis(500);
+    let name = sc.name;
+    match sc.probe {
+        Some((method, path, _)) => eprintln!(
+            "{name}: {method} {path}, {} connections",
+            sc.load.connections()
+        ),
+        None => eprintln!("{name}: WebSocket, {} connections", sc.load.connections()),
+    }
+    let label = name.replace(' ', "_");
+    let t0 = Instant::now();
+    let mut a = Server::spawn(cfg, &format!("axum-{label}"), "bare_axum", &[sc.axum_mode])?;
+    match sc.probe {
+        Some((method, path, body)) => a.wait_ready_for(method, path, body, t0)?,
+        None => a.wait_listening("/", t0)?,
+    };
+    let t0 = Instant::now();
+    let mut b = Server::spawn(cfg, &format!("ferroserve-{label}"), sc.fs_bin, &[])?;
+    b.wait_ready("/-/healthz", t0)?;
+    match sc.probe {
+        Some((method, path, body)) => {
+            let answer = check_same(&a, &b, method, path, body)?;
+            let shown: String = answer.chars().take(60).collect();
+            let more = if answer.len() > shown.len() {
+                "…"
+            } else {
+                ""
+            };
+            eprintln!("  both answer {shown:?}{more} ({} bytes)", answer.len());
+        }
+        None => {
+            let check = Load::WsEcho { connections: 1 };
+            for server in [&a, &b] {
+                let run = load_run(cfg, server, &check, 1, None)?;
+                if run.requests == 0 || run.errors > 0 {
+                    return Err(format!(
+                        "{}: WebSocket echo check failed ({} echoes, {} errors)",
+                        server.label, run.requests, run.errors
+                    ));
+                }
+            }
+            eprintln!("  both echo (1 connection, 1 s each)");
+        }
+    }
+    std::thread::sleep(settle);
+    let (a_idle, _) = rss_kib(a.pid())?;
+    let (b_idle, _) = rss_kib(b.pid())?;
+    let res = run_ab(cfg, &mut a, &mut b, &sc.load)?;
+    std::thread::sleep(settle);
+    let (a_after, a_peak) = rss_kib(a.pid())?;
+    let (b_after, b_peak) = rss_kib(b.pid())?;
+    mem_rows.push(MemRow {
+        label: format!("bare axum, `{name}`"),
+        idle: a_idle,
+        round1: res.rss_after_round1.0,
+        after: a_after,
+        peak: a_peak,
+        served: res.served_a,
+    });
+    mem_rows.push(MemRow {
+        label: format!("ferroserve, `{name}`"),
+        idle: b_idle,
+        round1: res.rss_after_round1.1,
+        after: b_after,
+        peak: b_peak,
+        served: res.served_b,
+    });
+    Ok(AbOutcome { res, a, b })
+}
+
+/// Number of rows of 100 floats per `json_to_ndarray` body row.
+const ND_COLS: usize = 100;
+
+/// A `{"array": [[100 floats], ...]}` body of at most `target` bytes (as many whole rows as
+/// fit), formatted like Python's `json.dumps` (", " separators); floats in [-10, 10) with 6
+/// decimals, from a fixed-seed generator. Returns the body and its number of rows.
+fn ndarray_body(target: usize) -> (String, usize) {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut body = String::from("{\"array\": [");
+    let mut rows = 0;
+    loop {
+        let mut row = String::with_capacity(ND_COLS * 12);
+        row.push('[');
+        for j in 0..ND_COLS {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let x = (state >> 11) as f64 / (1u64 << 53) as f64 * 20.0 - 10.0;
+            if j > 0 {
+                row.push_str(", ");
+            }
+            let _ = write!(row, "{x:.6}");
+        }
+        row.push(']');
+        let sep = if rows > 0 { 2 } else { 0 };
+        if body.len() + sep + row.len() + 2 > target {
+            break;
+        }
+        if rows > 0 {
+            body.push_str(", ");
+        }
+        body.push_str(&row);
+        rows += 1;
+    }
+    body.push_str("]}");
+    (body, rows)
+}
+
+/// TTFB percentiles of one side, from `stream_ttfb`.
+struct Ttfb {
+    n: u64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    total_p50: f64,
+    total_p99: f64,
+    bytes: u64,
+    chunks: u64,
+}
+
+/// Runs `stream_ttfb` against both streaming servers; returns A's, B's and other processes' CPU.
+fn measure_ttfb(cfg: &Config, a: &Server, b: &Server, path: &str) -> Result<(Ttfb, Ttfb, f64)> {
+    let pids = [a.pid(), b.pid()];
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        wait_quiet(cfg, &pids);
+        let started = Instant::now();
+        let mut cmd = Command::new(cfg.bin_dir.join("stream_ttfb"));
+        cmd.arg(a.port.to_string())
+            .arg(b.port.to_string())
+            .arg(path)
+            .arg(cfg.ttfb_requests.to_string());
+        let run = run_client(cfg, cmd, &pids)?;
+        let _ = std::fs::write(cfg.work_dir.join("stream_ttfb.txt"), &run.stdout);
+        let side = |s: &str| -> Result<Ttfb> {
+            let line = run
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("TTFB {s} ")))
+                .ok_or_else(|| format!("no TTFB {s} line in:\n{}", run.stdout))?;
+            let v: Vec<f64> = line
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if v.len() != 8 {
+                return Err(format!("bad TTFB line: {line}"));
+            }
+            Ok(Ttfb {
+                n: v[0] as u64,
+                p50: v[1],
+                p99: v[2],
+                max: v[3],
+                total_p50: v[4],
+                total_p99: v[5],
+                bytes: v[6] as u64,
+                chunks: v[7] as u64,
+            })
+        };
+        let (ta, tb) = (side("A")?, side("B")?);
+        eprintln!(
+            "  TTFB A p50 {} p99 {} | B p50 {} p99 {}  other procs {:.2} cores",
+            fmt_us(ta.p50),
+            fmt_us(ta.p99),
+            fmt_us(tb.p50),
+            fmt_us(tb.p99),
+            run.other_cores
+        );
+        if run.disturbed(cfg) && cfg.quiet_budget_s.get() > 0.0 && attempt < 5 {
+            let left = cfg.quiet_budget_s.get() - started.elapsed().as_secs_f64();
+            cfg.quiet_budget_s.set(left.max(0.0));
+            eprintln!("  TTFB run disturbed by other processes: measuring it again");
+            continue;
+        }
+        return Ok((ta, tb, run.other_cores));
+    }
+}
+
+/// Runs `cancel_latency`; returns its markdown table and other processes' CPU meanwhile.
+fn measure_cancel(cfg: &Config) -> Result<(String, f64)> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        wait_quiet(cfg, &[]);
+        let started = Instant::now();
+        let mut cmd = Command::new(cfg.bin_dir.join("cancel_latency"));
+        cmd.arg(cfg.cancels.to_string());
+        let run = run_client(cfg, cmd, &[])?;
+        let table: String = run
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        eprintln!(
+            "  {}  other procs {:.2} cores",
+            table.lines().last().unwrap_or(""),
+            run.other_cores
+        );
+        if run.disturbed(cfg) && cfg.quiet_budget_s.get() > 0.0 && attempt < 5 {
+            let left = cfg.quiet_budget_s.get() - started.elapsed().as_secs_f64();
+            cfg.quiet_budget_s.set(left.max(0.0));
+            eprintln!("  cancel_latency disturbed by other processes: measuring it again");
+            continue;
+        }
+        if table.lines().count() < 3 {
+            return Err(format!("unexpected cancel_latency output:\n{}", run.stdout));
+        }
+        return Ok((table, run.other_cores));
+    }
+}
+
+/// The value in µs of a table cell like `123 µs`.
+fn parse_us_cell(cell: &str) -> Option<f64> {
+    cell.trim().strip_suffix("µs")?.trim().parse().ok()
+}
+
 fn run(cfg: &Config) -> Result<String> {
     let mut report = String::new();
     let _ = writeln!(report, "{}", machine_header(cfg));
@@ -771,70 +1136,127 @@ fn run(cfg: &Config) -> Result<String> {
         "post.lua",
         "wrk.method = \"POST\"\nwrk.body = \"[1,2,3.5]\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
     )?;
-
-    // ── scenarios 1 and 2 (A/B), with 3 (memory) measured on their servers ──────────────────
-    let mut mem_rows = Vec::new();
-    let settle = Duration::from_millis(500);
-    let ab = |name: &str,
-              fs_bin: &str,
-              script: &Path,
-              method: &str,
-              path: &str,
-              body: Option<&str>,
-              mem_rows: &mut Vec<MemRow>|
-     -> Result<AbResult> {
-        eprintln!("{name}: {method} {path}");
-        let t0 = Instant::now();
-        let mut a = Server::spawn(cfg, &format!("axum-{name}"), "bare_axum", &[name])?;
-        a.wait_ready_for(method, path, body, t0)?;
-        let t0 = Instant::now();
-        let mut b = Server::spawn(cfg, &format!("ferroserve-{name}"), fs_bin, &[])?;
-        b.wait_ready("/-/healthz", t0)?;
-        let answer = check_same(&a, &b, method, path, body)?;
-        eprintln!("  both answer {answer}");
-        std::thread::sleep(settle);
-        let (a_idle, _) = rss_kib(a.pid())?;
-        let (b_idle, _) = rss_kib(b.pid())?;
-        let res = run_ab(cfg, &mut a, &mut b, script, path)?;
-        std::thread::sleep(settle);
-        let (a_after, a_peak) = rss_kib(a.pid())?;
-        let (b_after, b_peak) = rss_kib(b.pid())?;
-        mem_rows.push(MemRow {
-            label: format!("bare axum, `{name}`"),
-            idle: a_idle,
-            round1: res.rss_after_round1.0,
-            after: a_after,
-            peak: a_peak,
-            served: res.served_a,
-        });
-        mem_rows.push(MemRow {
-            label: format!("ferroserve, `{name}`"),
-            idle: b_idle,
-            round1: res.rss_after_round1.1,
-            after: b_after,
-            peak: b_peak,
-            served: res.served_b,
-        });
-        Ok(res)
+    let conns = cfg.connections;
+    let wrk_get = |path| Load::Wrk {
+        script: &get_lua,
+        path,
+        connections: conns,
     };
-    let counter = ab(
-        "counter",
-        "fs_counter",
-        &get_lua,
-        "GET",
-        "/?a=b&c=d",
-        None,
+
+    // ── the A/B scenarios, with memory measured on their servers ────────────────────────────
+    let mut mem_rows = Vec::new();
+    let counter = ab_scenario(
+        cfg,
+        &Scenario {
+            name: "counter",
+            axum_mode: "counter",
+            fs_bin: "fs_counter",
+            probe: Some(("GET", "/?a=b&c=d", None)),
+            load: wrk_get("/?a=b&c=d"),
+        },
+        &mut mem_rows,
+    )?
+    .res;
+    let hop = ab_scenario(
+        cfg,
+        &Scenario {
+            name: "handle_hop",
+            axum_mode: "handle_hop",
+            fs_bin: "fs_handle_hop",
+            probe: Some(("POST", "/", Some("[1,2,3.5]"))),
+            load: Load::Wrk {
+                script: &post_lua,
+                path: "/",
+                connections: conns,
+            },
+        },
+        &mut mem_rows,
+    )?
+    .res;
+    let hello = ab_scenario(
+        cfg,
+        &Scenario {
+            name: "fastapi_hello",
+            axum_mode: "fastapi_hello",
+            fs_bin: "fs_fastapi_hello",
+            probe: Some(("GET", "/hello", None)),
+            load: wrk_get("/hello"),
+        },
+        &mut mem_rows,
+    )?
+    .res;
+    let streaming = ab_scenario(
+        cfg,
+        &Scenario {
+            name: "streaming",
+            axum_mode: "streaming",
+            fs_bin: "fs_streaming",
+            probe: Some(("GET", "/stream", None)),
+            load: wrk_get("/stream"),
+        },
         &mut mem_rows,
     )?;
-    let hop = ab(
-        "handle_hop",
-        "fs_handle_hop",
-        &post_lua,
-        "POST",
-        "/",
-        Some("[1,2,3.5]"),
+    eprintln!(
+        "streaming TTFB: {} requests each, alternating A B, one at a time",
+        cfg.ttfb_requests
+    );
+    let (ttfb_a, ttfb_b, ttfb_other) = measure_ttfb(cfg, &streaming.a, &streaming.b, "/stream")?;
+    let streaming = {
+        let AbOutcome { res, a, b } = streaming;
+        drop((a, b));
+        res
+    };
+    let ws = ab_scenario(
+        cfg,
+        &Scenario {
+            name: "websocket_echo",
+            axum_mode: "websocket_echo",
+            fs_bin: "fs_websocket_echo",
+            probe: None,
+            load: Load::WsEcho { connections: conns },
+        },
         &mut mem_rows,
-    )?;
+    )?
+    .res;
+    let mut nd_results = Vec::new();
+    for (size_name, target) in [("1 MB", 1_000_000), ("10 MB", 10_000_000)] {
+        let (body, rows) = ndarray_body(target);
+        let file = cfg
+            .work_dir
+            .join(format!("ndarray-{}.json", size_name.replace(' ', "")));
+        std::fs::write(&file, &body).map_err(|e| format!("{}: {e}", file.display()))?;
+        let script = write_lua(
+            cfg,
+            &format!("ndarray-{}.lua", size_name.replace(' ', "")),
+            &format!(
+                "local f = assert(io.open({:?}, \"rb\"))\nwrk.body = f:read(\"*a\")\nf:close()\n\
+                 wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+                file.to_string_lossy()
+            ),
+        )?;
+        let name = format!("json_to_ndarray {size_name}");
+        let res = ab_scenario(
+            cfg,
+            &Scenario {
+                name: &name,
+                axum_mode: "json_to_ndarray",
+                fs_bin: "fs_json_to_ndarray",
+                probe: Some(("POST", "/ndarray", Some(&body))),
+                load: Load::Wrk {
+                    script: &script,
+                    path: "/ndarray",
+                    connections: cfg.json_connections,
+                },
+            },
+            &mut mem_rows,
+        )?
+        .res;
+        nd_results.push((size_name, body.len(), rows, res));
+    }
+
+    // ── cancellation latency (standalone, in-process) ───────────────────────────────────────
+    eprintln!("cancel_latency: {} cancels", cfg.cancels);
+    let (cancel_table, cancel_other) = measure_cancel(cfg)?;
 
     // ── start-up time, last (the A/B rounds get the quiet-wait budget first) ────────────────
     eprintln!("startup: {} runs each", cfg.startup_runs);
@@ -883,22 +1305,174 @@ fn run(cfg: &Config) -> Result<String> {
         startup_rows.push((display, path, times));
     }
 
+    // ── the report ──────────────────────────────────────────────────────────────────────────
+    let plain = |goal_ratio, p99_goal_us| TableSpec {
+        unit: "req",
+        derived: None,
+        derived_goal: None,
+        goal_ratio,
+        p99_goal_us,
+    };
     let _ = writeln!(
         report,
-        "### 1. `counter` — `GET /?a=b&c=d` → `{{\"a\":\"b\",\"c\":\"d\"}}`\n"
+        "### 1. `counter` — `GET /?a=b&c=d` → `{{\"a\":\"b\",\"c\":\"d\"}}`, {conns} connections\n"
     );
-    ab_table(&mut report, cfg, &counter, 0.9, Some(1000.0));
+    ab_table(&mut report, cfg, &counter, &plain(Some(0.9), Some(1000.0)));
     let _ = writeln!(
         report,
-        "### 2. `handle_hop` — `POST /` `[1,2,3.5]` → ingress → `DeploymentHandle` → model (2 replicas) → `{{\"sum\":6.5}}`\n"
+        "### 2. `handle_hop` — `POST /` `[1,2,3.5]` → ingress → `DeploymentHandle` → model (2 replicas) → `{{\"sum\":6.5}}`, {conns} connections\n"
     );
-    ab_table(&mut report, cfg, &hop, 0.8, None);
+    ab_table(&mut report, cfg, &hop, &plain(Some(0.8), None));
+    let _ = writeln!(
+        report,
+        "### 3. `fastapi_hello` — `GET /hello` → `\"Hello, world!\"` (`ApiIngress` + `ApiRouter`, route prefix `/hello`), {conns} connections\n"
+    );
+    ab_table(&mut report, cfg, &hello, &plain(Some(0.9), None));
 
-    let _ = writeln!(report, "### 3. Memory (VmRSS)\n");
+    let _ = writeln!(
+        report,
+        "### 4. `streaming` — `GET /stream` → 100 chunks `chunk NN\\n` (chunked, produced immediately), {conns} connections\n"
+    );
+    ab_table(
+        &mut report,
+        cfg,
+        &streaming,
+        &TableSpec {
+            unit: "req",
+            derived: Some(("chunks/s", 100.0)),
+            derived_goal: Some(100_000.0),
+            goal_ratio: None,
+            p99_goal_us: None,
+        },
+    );
+    let _ = writeln!(
+        report,
+        "Time to first byte, `stream_ttfb`: one keep-alive connection per server, one request at \
+         a time alternating A B, {} measured requests each (after {} warm-up each); TTFB = request \
+         written → first body chunk read, total = → terminating chunk read. Other processes' CPU \
+         meanwhile: {ttfb_other:.2} cores.\n",
+        ttfb_a.n,
+        cfg.ttfb_requests / 10
+    );
+    let _ = writeln!(
+        report,
+        "| server | requests | TTFB p50 | TTFB p99 | TTFB max | total p50 | total p99 | body |"
+    );
+    let _ = writeln!(report, "|---|---:|---:|---:|---:|---:|---:|---|");
+    for (label, t) in [("A: bare axum", &ttfb_a), ("B: ferroserve", &ttfb_b)] {
+        let _ = writeln!(
+            report,
+            "| {label} | {} | {} | {} | {} | {} | {} | {} bytes in {} chunks |",
+            fmt_rps(t.n as f64),
+            fmt_us(t.p50),
+            fmt_us(t.p99),
+            fmt_us(t.max),
+            fmt_us(t.total_p50),
+            fmt_us(t.total_p99),
+            t.bytes,
+            t.chunks
+        );
+    }
+    let _ = writeln!(
+        report,
+        "| **B − A** | | {} | {} | | {} | {} | |",
+        fmt_signed_us(ttfb_b.p50 - ttfb_a.p50),
+        fmt_signed_us(ttfb_b.p99 - ttfb_a.p99),
+        fmt_signed_us(ttfb_b.total_p50 - ttfb_a.total_p50),
+        fmt_signed_us(ttfb_b.total_p99 - ttfb_a.total_p99),
+    );
+    let _ = writeln!(
+        report,
+        "\nGoal: first chunk leaves within 1 ms of being produced → **{}** (ferroserve TTFB \
+         median {}, p99 {}; TTFB includes the request's trip in, its routing and the handler, so \
+         it bounds the produced → sent time from above).\n",
+        if ttfb_b.p50 < 1000.0 {
+            "met"
+        } else {
+            "not shown"
+        },
+        fmt_us(ttfb_b.p50),
+        fmt_us(ttfb_b.p99)
+    );
+
+    let _ = writeln!(
+        report,
+        "### 5. `websocket_echo` — text message → echo, closed loop per connection, {conns} connections (`ws_echo_client`)\n"
+    );
+    ab_table(
+        &mut report,
+        cfg,
+        &ws,
+        &TableSpec {
+            unit: "msg",
+            derived: None,
+            derived_goal: None,
+            goal_ratio: None,
+            p99_goal_us: None,
+        },
+    );
+
+    let _ = writeln!(
+        report,
+        "### 6. `json_to_ndarray` — `POST /ndarray` `{{\"array\": [[{ND_COLS} floats], …]}}` → `{{\"sum\": …}}`, {} connections\n",
+        cfg.json_connections
+    );
+    let _ = writeln!(
+        report,
+        "A parses the body with `serde_json::from_slice::<Nd>` (`Nd {{ array: Vec<Vec<f64>> }}`) and \
+         sums; B is the `JsonToNdarray` adapter (JSON → `serde_json::Value` → shape and dtype \
+         inference → `ArrayD<f64>`) and sums. MB = 10⁶ bytes of JSON body.\n"
+    );
+    for (size_name, bytes, rows, res) in &nd_results {
+        let _ = writeln!(
+            report,
+            "#### {size_name} body ({} bytes, {rows} × {ND_COLS} floats)\n",
+            fmt_rps(*bytes as f64)
+        );
+        ab_table(
+            &mut report,
+            cfg,
+            res,
+            &TableSpec {
+                unit: "req",
+                derived: Some(("MB/s decoded", *bytes as f64 / 1e6)),
+                derived_goal: None,
+                goal_ratio: None,
+                p99_goal_us: None,
+            },
+        );
+    }
+
+    let _ = writeln!(
+        report,
+        "### 7. Cancellation latency (`cancel_latency {}`: client closes → handler's `on_cancel` runs)\n",
+        cfg.cancels
+    );
+    let _ = write!(report, "{cancel_table}");
+    let median_us = cancel_table
+        .lines()
+        .nth(2)
+        .and_then(|row| row.split('|').nth(2))
+        .and_then(parse_us_cell);
+    match median_us {
+        Some(m) => {
+            let _ = writeln!(
+                report,
+                "\nGoal: median ≤ 1 ms → **{}** ({}). Other processes' CPU meanwhile: {cancel_other:.2} cores.\n",
+                if m <= 1000.0 { "met" } else { "missed" },
+                fmt_us(m)
+            );
+        }
+        None => {
+            let _ = writeln!(report, "\n(could not read the median from the table)\n");
+        }
+    }
+
+    let _ = writeln!(report, "### 8. Memory (VmRSS)\n");
     let _ = writeln!(
         report,
         "| server | after start (idle) | after round 1 | after all rounds (idle) | \
-         growth start → end | growth round 1 → end | peak (VmHWM) | requests served |"
+         growth start → end | growth round 1 → end | peak (VmHWM) | requests (messages) served |"
     );
     let _ = writeln!(report, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let mib = |kib: i64| kib as f64 / 1024.0;
@@ -936,7 +1510,7 @@ fn run(cfg: &Config) -> Result<String> {
 
     let _ = writeln!(
         report,
-        "### 4. Start-up time (spawn → first 200), {} runs\n",
+        "### 9. Start-up time (spawn → first 200), {} runs\n",
         cfg.startup_runs
     );
     let _ = writeln!(report, "| server | probe | median | min | max |");
@@ -974,9 +1548,21 @@ impl Server {
         if method == "GET" {
             return self.wait_ready(path, since);
         }
+        self.poll_until(since, |port| {
+            matches!(http(port, method, path, body), Ok((200, _)))
+        })
+    }
+
+    /// Waits until the server answers `GET path` with any HTTP status (the axum WebSocket
+    /// server has only an upgrade route, which refuses a plain `GET`).
+    fn wait_listening(&mut self, path: &str, since: Instant) -> Result<Duration> {
+        self.poll_until(since, |port| http(port, "GET", path, None).is_ok())
+    }
+
+    fn poll_until(&mut self, since: Instant, ready: impl Fn(u16) -> bool) -> Result<Duration> {
         let deadline = since + Duration::from_secs(30);
         loop {
-            if let Ok((200, _)) = http(self.port, method, path, body) {
+            if ready(self.port) {
                 return Ok(since.elapsed());
             }
             self.ensure_alive()?;
@@ -1018,11 +1604,14 @@ fn main() {
         warmup_s: env_num("BENCH_WARMUP", 1).max(1),
         connections: env_num("BENCH_CONNECTIONS", 16).max(1),
         startup_runs: env_num("BENCH_STARTUP_RUNS", 5).max(1) as usize,
+        json_connections: env_num("BENCH_JSON_CONNECTIONS", 4).max(1),
+        ttfb_requests: env_num("BENCH_TTFB_REQUESTS", 1000).max(10),
+        cancels: env_num("BENCH_CANCELS", 1000).max(10),
         max_other: std::env::var("BENCH_MAX_OTHER")
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.1),
-        quiet_budget_s: std::cell::Cell::new(env_num("BENCH_QUIET_BUDGET", 180) as f64),
+        quiet_budget_s: std::cell::Cell::new(env_num("BENCH_QUIET_BUDGET", 300) as f64),
     };
     match run(&cfg) {
         Ok(report) => {

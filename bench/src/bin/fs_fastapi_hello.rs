@@ -1,0 +1,30 @@
+//! The `fastapi_hello` scenario on ferroserve: the same code as
+//! `crates/ferroserve/examples/fastapi_hello.rs` (an `ApiIngress` with an `ApiRouter`, mounted
+//! under `/hello`).
+//!
+//! Listens on `127.0.0.1:$FERROSERVE_PORT`; `GET /hello` → `"Hello, world!"`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use ferroserve::api::{routing::get, ApiIngress, ApiRouter};
+use ferroserve::{Application, Deployment, Json};
+
+struct MyFastAPIDeployment;
+
+impl MyFastAPIDeployment {
+    async fn root(State(_this): State<Arc<Self>>) -> Json<&'static str> {
+        Json("Hello, world!")
+    }
+}
+
+impl ApiIngress for MyFastAPIDeployment {
+    fn routes() -> ApiRouter<Arc<Self>> {
+        ApiRouter::new().api_route("/", get(Self::root))
+    }
+}
+
+fn main() -> Result<(), ferroserve::Error> {
+    let app = Deployment::new("MyFastAPIDeployment").bind(|| MyFastAPIDeployment);
+    ferroserve::run(Application::api(app).route_prefix("/hello"))
+}

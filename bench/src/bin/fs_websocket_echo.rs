@@ -1,0 +1,45 @@
+//! The `websocket_echo` scenario on ferroserve: the same code as
+//! `crates/ferroserve/examples/websocket_echo.rs` (an `ApiIngress` route taking
+//! `ferroserve::api::WebSocketUpgrade`), minus its "Client disconnected." print.
+//!
+//! Listens on `127.0.0.1:$FERROSERVE_PORT`; `ws://127.0.0.1:$FERROSERVE_PORT/` echoes every
+//! text and binary message.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use ferroserve::api::routing::get;
+use ferroserve::api::{ApiIngress, ApiRouter, Message, WebSocketUpgrade};
+use ferroserve::{Application, Deployment, Response};
+
+struct EchoServer;
+
+impl EchoServer {
+    async fn echo(State(_this): State<Arc<Self>>, ws: WebSocketUpgrade) -> Response {
+        ws.on_upgrade(|mut ws| async move {
+            while let Some(Ok(message)) = ws.recv().await {
+                let reply = match message {
+                    Message::Text(text) => Message::Text(text),
+                    Message::Binary(bytes) => Message::Binary(bytes),
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => continue, // answered for us
+                };
+                if ws.send(reply).await.is_err() {
+                    break;
+                }
+            }
+        })
+    }
+}
+
+impl ApiIngress for EchoServer {
+    fn routes() -> ApiRouter<Arc<Self>> {
+        ApiRouter::new().api_route("/", get(Self::echo))
+    }
+}
+
+fn main() -> Result<(), ferroserve::Error> {
+    ferroserve::run(Application::api(
+        Deployment::new("EchoServer").bind(|| EchoServer),
+    ))
+}
