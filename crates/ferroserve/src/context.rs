@@ -61,6 +61,7 @@ tokio::task_local! {
 pub struct RequestContext {
     inner: Arc<Inner>,
     deployment: Arc<str>,
+    root_path: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -82,6 +83,23 @@ impl RequestContext {
                 cancel: CancellationToken::new(),
             }),
             deployment: Arc::from(""),
+            root_path: Arc::from(""),
+        }
+    }
+
+    /// The same context, for a request to the application mounted at `route_prefix`.
+    pub(crate) fn in_app(mut self, route_prefix: &Arc<str>) -> Self {
+        self.root_path = route_prefix.clone();
+        self
+    }
+
+    /// The route prefix of the application serving the request (`""` at `/`; FastAPI's
+    /// `root_path`).
+    pub fn root_path(&self) -> &str {
+        if &*self.root_path == "/" {
+            ""
+        } else {
+            &self.root_path
         }
     }
 
@@ -96,6 +114,7 @@ impl RequestContext {
                 cancel: self.inner.cancel.child_token(),
             }),
             deployment: deployment.clone(),
+            root_path: self.root_path.clone(),
         }
     }
 
@@ -104,6 +123,7 @@ impl RequestContext {
         RequestContext {
             inner: self.inner.clone(),
             deployment: deployment.clone(),
+            root_path: self.root_path.clone(),
         }
     }
 

@@ -71,7 +71,8 @@ async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Respons
     let mut response = if let Some(internal) = path.strip_prefix("/-/") {
         internal_route(&state, internal)
     } else if let Some(route) = state.route(path) {
-        let ctx = RequestContext::new(request_id.clone(), state.request_timeout);
+        let ctx =
+            RequestContext::new(request_id.clone(), state.request_timeout).in_app(&route.prefix);
         let work = route
             .endpoint
             .serve(req.map(Body::new), route.prefix.clone(), ctx.clone());

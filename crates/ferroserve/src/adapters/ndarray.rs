@@ -200,34 +200,41 @@ fn flatten(array: &Value) -> Result<(Vec<&Value>, Vec<usize>), String> {
         }
     }
     let mut leaves = Vec::new();
+    // Indices of the current position; formatted only to report an error.
+    fn at(path: &[usize]) -> String {
+        path.iter().map(|i| format!("[{i}]")).collect()
+    }
     fn walk<'a>(
         v: &'a Value,
-        depth: usize,
         shape: &[usize],
-        path: &mut String,
+        path: &mut Vec<usize>,
         leaves: &mut Vec<&'a Value>,
     ) -> Result<(), String> {
+        let depth = path.len();
         match v {
             Value::Array(items) => {
                 if depth >= shape.len() || items.len() != shape[depth] {
                     return Err(format!(
-                        "ragged array: the list at array{path} has {} elements where {} were expected",
+                        "ragged array: the list at array{} has {} elements where {} were expected",
+                        at(path),
                         items.len(),
-                        shape.get(depth).map_or("none".to_owned(), |n| n.to_string())
+                        shape
+                            .get(depth)
+                            .map_or("none".to_owned(), |n| n.to_string())
                     ));
                 }
                 for (i, item) in items.iter().enumerate() {
-                    let len = path.len();
-                    path.push_str(&format!("[{i}]"));
-                    walk(item, depth + 1, shape, path, leaves)?;
-                    path.truncate(len);
+                    path.push(i);
+                    walk(item, shape, path, leaves)?;
+                    path.pop();
                 }
                 Ok(())
             }
             Value::Number(_) | Value::Bool(_) => {
                 if depth != shape.len() {
                     return Err(format!(
-                        "ragged array: a value at array{path} where a list of {} was expected",
+                        "ragged array: a value at array{} where a list of {} was expected",
+                        at(path),
                         shape[depth]
                     ));
                 }
@@ -235,12 +242,18 @@ fn flatten(array: &Value) -> Result<(Vec<&Value>, Vec<usize>), String> {
                 Ok(())
             }
             other => Err(format!(
-                "array{path} is {}, expected a number, a boolean or a list",
+                "array{} is {}, expected a number, a boolean or a list",
+                at(path),
                 kind_of(other)
             )),
         }
     }
-    walk(array, 0, &shape, &mut String::new(), &mut leaves)?;
+    walk(
+        array,
+        &shape,
+        &mut Vec::with_capacity(shape.len()),
+        &mut leaves,
+    )?;
     Ok((leaves, shape))
 }
 

@@ -81,6 +81,10 @@ fn json_invalid(e: &serde_json::Error) -> ValidationError {
 
 /// Parses a JSON body into `T`, reporting errors at `["body", ...]`.
 pub(crate) fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError> {
+    // Fast path without path tracking; parse again to locate the error only when there is one.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut *de);
     let err = match result {
@@ -375,12 +379,12 @@ where
 impl<S: Send + Sync> FromRequestParts<S> for RootPath {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<RootPath>()
-            .cloned()
-            .unwrap_or_default())
+    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(RootPath(
+            crate::context::current()
+                .map(|ctx| ctx.root_path().to_owned())
+                .unwrap_or_default(),
+        ))
     }
 }
 

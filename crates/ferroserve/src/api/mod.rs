@@ -235,11 +235,10 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
             if let Some(pin) = &pin {
                 request.extensions_mut().insert(pin.clone());
             }
-            let handler_ctx = ctx.clone();
             let outcome = run_keeping_slot(&router, ctx.clone(), move |replica: &Replica<T>| {
                 let app = replica.http.get_or_init(|| build(&replica.instance));
                 let (axum_router, openapi) = (app.router.clone(), app.openapi.clone());
-                serve_app(axum_router, openapi, title, request, root_path, handler_ctx)
+                serve_app(axum_router, openapi, title, request, root_path)
             })
             .await;
             match (outcome, pin) {
@@ -263,7 +262,6 @@ async fn serve_app(
     title: Arc<str>,
     request: http::Request<Body>,
     root_path: Arc<str>,
-    ctx: RequestContext,
 ) -> Response {
     let root = if &*root_path == "/" { "" } else { &*root_path };
     let (mut parts, body) = request.into_parts();
@@ -290,8 +288,6 @@ async fn serve_app(
             Err(_) => return (StatusCode::BAD_REQUEST, "Invalid request path").into_response(),
         }
     }
-    parts.extensions.insert(RootPath(root.to_owned()));
-    parts.extensions.insert(ctx);
     let response = match router.oneshot(http::Request::from_parts(parts, body)).await {
         Ok(response) => response,
         Err(never) => match never {},
@@ -353,14 +349,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for RequestContext {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
-        parts: &mut http::request::Parts,
+        _parts: &mut http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<RequestContext>()
-            .cloned()
-            .or_else(crate::context::current)
+        Ok(crate::context::current()
             .unwrap_or_else(|| RequestContext::new(crate::handle::uuid_v4(), None)))
     }
 }

@@ -45,7 +45,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
         Ok(WebSocketUpgrade {
             inner,
             pin: parts.extensions.get::<PinnedSlot>().cloned(),
-            ctx: parts.extensions.get::<RequestContext>().cloned(),
+            ctx: crate::context::current(),
         })
     }
 }
