@@ -203,9 +203,11 @@ where
 }
 
 /// A random (version 4) UUID, for requests that come without `x-request-id`.
-pub(crate) fn uuid_v4() -> String {
-    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+pub(crate) fn uuid_v4() -> Arc<str> {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
         .into_uuid()
         .hyphenated()
-        .to_string()
+        .encode_lower(&mut buf);
+    Arc::from(&*text)
 }

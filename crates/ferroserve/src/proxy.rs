@@ -61,7 +61,7 @@ fn request_id(req: &http::Request<Incoming>) -> Arc<str> {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 256)
         .map(Arc::from)
-        .unwrap_or_else(|| uuid_v4().into())
+        .unwrap_or_else(uuid_v4)
 }
 
 /// Serves one request. Cancel safe: dropping it (client gone) cancels the request's work.
