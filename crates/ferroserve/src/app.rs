@@ -152,6 +152,23 @@ pub fn validate_route_prefix(prefix: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// A route prefix as a path to prepend: `""` for `/`, the prefix otherwise.
+pub(crate) fn root_of(prefix: &str) -> &str {
+    if prefix == "/" {
+        ""
+    } else {
+        prefix
+    }
+}
+
+/// `path` relative to the matched `prefix`, always starting with `/`.
+pub(crate) fn relative_path<'a>(prefix: &str, path: &'a str) -> &'a str {
+    match path.get(root_of(prefix).len()..) {
+        Some("") | None => "/",
+        Some(rel) => rel,
+    }
+}
+
 /// Whether `path` is under `prefix`: `/a` matches `/a` and `/a/...`, not `/ab`.
 pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     prefix == "/"
@@ -178,5 +195,9 @@ mod tests {
         assert!(prefix_matches("/a", "/a/b"));
         assert!(!prefix_matches("/a", "/ab"));
         assert!(prefix_matches("/", "/anything"));
+        assert_eq!(relative_path("/hello", "/hello"), "/");
+        assert_eq!(relative_path("/hello", "/hello/x"), "/x");
+        assert_eq!(relative_path("/", "/a/b"), "/a/b");
+        assert_eq!((root_of("/"), root_of("/hello")), ("", "/hello"));
     }
 }

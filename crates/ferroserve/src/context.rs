@@ -96,11 +96,7 @@ impl RequestContext {
     /// The route prefix of the application serving the request (`""` at `/`; FastAPI's
     /// `root_path`).
     pub fn root_path(&self) -> &str {
-        if &*self.root_path == "/" {
-            ""
-        } else {
-            &self.root_path
-        }
+        crate::app::root_of(&self.root_path)
     }
 
     /// The context a handle call made under this one gets: same id and deadline, a child token

@@ -25,6 +25,7 @@ use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::app::relative_path;
 use crate::context::RequestContext;
 use crate::error::Error;
 #[allow(unused_imports)] // for docs
@@ -67,7 +68,6 @@ pub struct Request {
     body: Option<Body>,
     cached: Option<Bytes>,
     path: String,
-    root_path: Arc<str>,
     ctx: RequestContext,
 }
 
@@ -76,31 +76,21 @@ impl std::fmt::Debug for Request {
         f.debug_struct("Request")
             .field("method", &self.parts.method)
             .field("uri", &self.parts.uri)
-            .field("root_path", &self.root_path)
+            .field("root_path", &self.ctx.root_path())
             .finish_non_exhaustive()
     }
 }
 
 impl Request {
-    pub(crate) fn new(
-        request: http::Request<Body>,
-        root_path: Arc<str>,
-        ctx: RequestContext,
-    ) -> Self {
+    /// The request as its application sees it: the path relative to the context's root path.
+    pub(crate) fn new(request: http::Request<Body>, ctx: RequestContext) -> Self {
         let (parts, body) = request.into_parts();
-        let full = parts.uri.path();
-        let rel = if root_path.len() <= 1 {
-            full
-        } else {
-            &full[root_path.len().min(full.len())..]
-        };
-        let path = if rel.is_empty() { "/" } else { rel }.to_owned();
+        let path = relative_path(ctx.root_path(), parts.uri.path()).to_owned();
         Request {
             parts,
             body: Some(body),
             cached: None,
             path,
-            root_path,
             ctx,
         }
     }
@@ -122,11 +112,7 @@ impl Request {
 
     /// The application's route prefix (`""` for an application mounted at `/`).
     pub fn root_path(&self) -> &str {
-        if &*self.root_path == "/" {
-            ""
-        } else {
-            &self.root_path
-        }
+        self.ctx.root_path()
     }
 
     /// The request headers.
@@ -262,11 +248,11 @@ impl Serialize for QueryParams {
 
 /// What the proxy calls for an application: one per ingress kind.
 pub(crate) trait HttpEndpoint: Send + Sync + 'static {
-    /// Serves one request under `root_path`; never fails (errors are already responses).
+    /// Serves one request of the application at `ctx.root_path()`; never fails (errors are
+    /// already responses).
     fn serve(
         &self,
         request: http::Request<Body>,
-        root_path: Arc<str>,
         ctx: RequestContext,
     ) -> BoxFuture<'static, Response>;
 }
@@ -280,12 +266,11 @@ impl<T: Ingress> HttpEndpoint for IngressEndpoint<T> {
     fn serve(
         &self,
         request: http::Request<Body>,
-        root_path: Arc<str>,
         ctx: RequestContext,
     ) -> BoxFuture<'static, Response> {
         let router = self.router.clone();
         async move {
-            let request = Request::new(request, root_path, ctx.clone());
+            let request = Request::new(request, ctx.clone());
             let outcome = run_keeping_slot(&router, ctx.clone(), move |replica| {
                 let instance = replica.instance.clone();
                 async move { instance.call(request).await.into_response() }
@@ -320,8 +305,7 @@ mod tests {
         let req = |uri: &str, root: &str| {
             Request::new(
                 http::Request::get(uri).body(Body::empty()).unwrap(),
-                root.into(),
-                RequestContext::new("id", None),
+                RequestContext::new("id", None).in_app(&Arc::from(root)),
             )
         };
         let r = req("/hello/Serve?x=1", "/hello");

@@ -73,9 +73,7 @@ async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Respons
     } else if let Some(route) = state.route(path) {
         let ctx =
             RequestContext::new(request_id.clone(), state.request_timeout).in_app(&route.prefix);
-        let work = route
-            .endpoint
-            .serve(req.map(Body::new), route.prefix.clone(), ctx.clone());
+        let work = route.endpoint.serve(req.map(Body::new), ctx.clone());
         let work = CancelOnDrop::new(ctx, log_disconnect, work);
         match state.request_timeout {
             None => work.await,

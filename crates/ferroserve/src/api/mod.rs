@@ -32,6 +32,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use http::{header, HeaderValue, Method, StatusCode, Uri};
 use tower::ServiceExt;
 
+use crate::app::relative_path;
 use crate::context::RequestContext;
 use crate::handle::run_keeping_slot;
 use crate::ingress::HttpEndpoint;
@@ -219,7 +220,6 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
     fn serve(
         &self,
         request: http::Request<Body>,
-        root_path: Arc<str>,
         ctx: RequestContext,
     ) -> BoxFuture<'static, Response> {
         let router = self.router.clone();
@@ -235,10 +235,11 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
             if let Some(pin) = &pin {
                 request.extensions_mut().insert(pin.clone());
             }
+            let root: Arc<str> = ctx.root_path().into();
             let outcome = run_keeping_slot(&router, ctx.clone(), move |replica: &Replica<T>| {
                 let app = replica.http.get_or_init(|| build(&replica.instance));
                 let (axum_router, openapi) = (app.router.clone(), app.openapi.clone());
-                serve_app(axum_router, openapi, title, request, root_path)
+                serve_app(axum_router, openapi, title, request, root)
             })
             .await;
             match (outcome, pin) {
@@ -261,15 +262,11 @@ async fn serve_app(
     openapi: Option<Arc<OpenApi>>,
     title: Arc<str>,
     request: http::Request<Body>,
-    root_path: Arc<str>,
+    root: Arc<str>,
 ) -> Response {
-    let root = if &*root_path == "/" { "" } else { &*root_path };
+    let root = &*root;
     let (mut parts, body) = request.into_parts();
-    let full = parts.uri.path();
-    let rel = match &full[root.len().min(full.len())..] {
-        "" => "/",
-        rel => rel,
-    };
+    let rel = relative_path(root, parts.uri.path());
     if let (Some(doc), true) = (&openapi, parts.method == Method::GET) {
         match rel {
             "/openapi.json" => return openapi_json(doc, &title, root),
