@@ -77,6 +77,16 @@ fn two_hops() -> (Serve, mpsc::UnboundedReceiver<&'static str>) {
     (Serve::new().app(front), rx)
 }
 
+/// Each hop of `two_hops` ran and then observed its cancellation.
+const EVERY_HOP_CANCELLED: [&str; 6] = [
+    "arrived:front",
+    "arrived:mid",
+    "arrived:inner",
+    "cancelled:front",
+    "cancelled:mid",
+    "cancelled:inner",
+];
+
 async fn expect(rx: &mut mpsc::UnboundedReceiver<&'static str>, mut want: Vec<&'static str>) {
     let mut got = Vec::new();
     while got.len() < want.len() {
@@ -101,18 +111,7 @@ async fn cascade_on_client_give_up(client: reqwest::Client) {
         .await
         .unwrap_err();
     assert!(err.is_timeout());
-    expect(
-        &mut rx,
-        vec![
-            "arrived:front",
-            "arrived:mid",
-            "arrived:inner",
-            "cancelled:front",
-            "cancelled:mid",
-            "cancelled:inner",
-        ],
-    )
-    .await;
+    expect(&mut rx, EVERY_HOP_CANCELLED.to_vec()).await;
     server.shutdown().await;
 }
 
@@ -140,18 +139,7 @@ async fn timeout_answers_408_and_cancels_every_hop() {
         .await
         .unwrap();
     assert_eq!(r.status(), 408);
-    expect(
-        &mut rx,
-        vec![
-            "arrived:front",
-            "arrived:mid",
-            "arrived:inner",
-            "cancelled:front",
-            "cancelled:mid",
-            "cancelled:inner",
-        ],
-    )
-    .await;
+    expect(&mut rx, EVERY_HOP_CANCELLED.to_vec()).await;
     server.shutdown().await;
 }
 
