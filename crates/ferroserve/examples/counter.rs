@@ -5,7 +5,7 @@
 //! curl "http://127.0.0.1:8000/?a=b&c=d"   # {"a":"b","c":"d"}
 //! ```
 
-use ferroserve::{Deployment, Ingress, Json, QueryParams, Request};
+use ferroserve::{Application, Deployment, Ingress, Json, QueryParams, Request};
 
 struct Counter;
 
@@ -17,6 +17,11 @@ impl Ingress for Counter {
     }
 }
 
+/// The application (also the `ferroserve` binary's `ferroserve.examples.counter:app`).
+pub fn app() -> Application {
+    Application::new(Deployment::new("Counter").bind(|| Counter))
+}
+
 fn main() -> Result<(), ferroserve::Error> {
-    ferroserve::run(Deployment::new("Counter").bind(|| Counter))
+    ferroserve::run(app())
 }

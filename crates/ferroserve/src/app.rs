@@ -21,9 +21,13 @@ use crate::ingress::{HttpEndpoint, Ingress, IngressEndpoint};
 pub struct Application {
     pub(crate) name: String,
     pub(crate) route_prefix: String,
-    pub(crate) endpoint: Arc<dyn HttpEndpoint>,
+    /// Builds the HTTP entry point from the ingress's router in force at start (a rolling
+    /// update may have adopted the previous version's).
+    pub(crate) endpoint: EndpointFactory,
     pub(crate) root: NodeRef,
 }
+
+pub(crate) type EndpointFactory = Arc<dyn Fn() -> Arc<dyn HttpEndpoint> + Send + Sync>;
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,10 +42,13 @@ impl std::fmt::Debug for Application {
 impl Application {
     /// An application whose ingress is the raw-request deployment `ingress`.
     pub fn new<T: Ingress>(ingress: BoundDeployment<T>) -> Self {
+        let root = ingress.node_ref();
         Self::with_endpoint(
-            &ingress,
-            Arc::new(IngressEndpoint {
-                router: ingress.router().clone(),
+            root,
+            Arc::new(move || {
+                Arc::new(IngressEndpoint {
+                    router: ingress.router(),
+                })
             }),
         )
     }
@@ -49,11 +56,14 @@ impl Application {
     /// An application whose ingress is a FastAPI-style [`ApiIngress`] deployment: typed routes,
     /// validation, `{route_prefix}/openapi.json` and `{route_prefix}/docs`.
     pub fn api<T: ApiIngress>(ingress: BoundDeployment<T>) -> Self {
+        let root = ingress.node_ref();
         Self::with_endpoint(
-            &ingress,
-            Arc::new(ApiEndpoint {
-                router: ingress.router().clone(),
-                build: build_api::<T>,
+            root,
+            Arc::new(move || {
+                Arc::new(ApiEndpoint {
+                    router: ingress.router(),
+                    build: build_api::<T>,
+                })
             }),
         )
     }
@@ -62,24 +72,24 @@ impl Application {
     /// constructor returns an `axum::Router` (or a [`crate::api::DocumentedRouter`]) with its own
     /// state and layers.
     pub fn router<R: ServeRouter>(app: BoundDeployment<R>) -> Self {
+        let root = app.node_ref();
         Self::with_endpoint(
-            &app,
-            Arc::new(ApiEndpoint {
-                router: app.router().clone(),
-                build: build_router::<R>,
+            root,
+            Arc::new(move || {
+                Arc::new(ApiEndpoint {
+                    router: app.router(),
+                    build: build_router::<R>,
+                })
             }),
         )
     }
 
-    fn with_endpoint<T: Send + Sync + 'static>(
-        root: &BoundDeployment<T>,
-        endpoint: Arc<dyn HttpEndpoint>,
-    ) -> Self {
+    fn with_endpoint(root: NodeRef, endpoint: EndpointFactory) -> Self {
         Application {
             name: "default".to_owned(),
             route_prefix: "/".to_owned(),
             endpoint,
-            root: root.node_ref(),
+            root,
         }
     }
 

@@ -90,14 +90,18 @@ impl<I: Send + 'static, O: Send + 'static> DagNode<I, O> {
         T: Handles<M>,
         M: Send + 'static,
     {
-        let handle = deployment.handle();
+        // The handle is taken on first use, after start: a rolling update may have given the
+        // deployment its previous version's router.
+        let deployment = deployment.clone();
+        let handle = Arc::new(std::sync::OnceLock::new());
         let prev = self.run;
         let to_msg = Arc::new(to_msg);
         let mut deps = self.deps;
         deps.push(deployment.node_ref());
         DagNode {
             run: Arc::new(move |input| {
-                let (prev, handle, to_msg) = (prev.clone(), handle.clone(), to_msg.clone());
+                let (prev, to_msg) = (prev.clone(), to_msg.clone());
+                let handle = handle.get_or_init(|| deployment.handle()).clone();
                 async move {
                     let out = prev(input).await?;
                     handle.remote(to_msg(out)).await

@@ -14,11 +14,16 @@
 //! started before the deployment that depends on it, and arrives in its constructor as a
 //! [`DeploymentHandle`].
 
+use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures_util::future::{BoxFuture, FutureExt};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::error::{BoxError, Error};
 use crate::handle::DeploymentHandle;
@@ -28,7 +33,8 @@ use crate::router::{Replica, Router};
 /// async Rust replica interleaves many requests, so ferroserve allows 100 per replica.
 pub const DEFAULT_MAX_ONGOING_REQUESTS: usize = 100;
 
-/// Per-deployment options (Ray's `@serve.deployment(...)` arguments).
+/// Per-deployment options (Ray's `@serve.deployment(...)` arguments). A config file's
+/// `deployments[]` entries override them by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DeploymentOptions {
@@ -40,6 +46,13 @@ pub struct DeploymentOptions {
     /// Requests allowed to wait when every replica is full; `None` (the default) is unlimited.
     /// Beyond it requests get `503` with `Retry-After`.
     pub max_queued_requests: Option<usize>,
+    /// Passed to each instance's [`Reconfigure::reconfigure`] after construction and again, in
+    /// place, whenever it changes. `None` (the default) never calls it.
+    pub user_config: Option<Value>,
+    /// How long a replica being removed (scale-down, rolling update) may take to finish its
+    /// in-flight requests before ferroserve stops waiting for it. Default 20 s. The instance is
+    /// dropped when its last request ends either way; nothing in flight is cut.
+    pub graceful_shutdown_timeout: Duration,
 }
 
 impl Default for DeploymentOptions {
@@ -48,6 +61,8 @@ impl Default for DeploymentOptions {
             num_replicas: 1,
             max_ongoing_requests: DEFAULT_MAX_ONGOING_REQUESTS,
             max_queued_requests: None,
+            user_config: None,
+            graceful_shutdown_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -196,6 +211,19 @@ impl<D> Deployment<D> {
         self
     }
 
+    /// Sets the initial `user_config` (the instance type must implement [`Reconfigure`] and the
+    /// deployment be bound with [`BoundDeployment::reconfigurable`]).
+    pub fn user_config(mut self, config: Value) -> Self {
+        self.options.user_config = Some(config);
+        self
+    }
+
+    /// Sets how long a removed replica may take to finish its requests.
+    pub fn graceful_shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.options.graceful_shutdown_timeout = timeout;
+        self
+    }
+
     /// Replaces all options at once.
     pub fn options(mut self, options: DeploymentOptions) -> Self {
         self.options = options;
@@ -204,6 +232,65 @@ impl<D> Deployment<D> {
 }
 
 type Ctor<T> = Arc<dyn Fn() -> BoxFuture<'static, Result<T, BoxError>> + Send + Sync>;
+
+/// A deployment whose instances take a `user_config` (Ray's `reconfigure(self, config)`): called
+/// after construction, before the replica serves, and again on every running replica whenever
+/// the config file's `user_config` changes, without restarting it.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use ferroserve::{BoxError, Deployment, Reconfigure};
+///
+/// struct Model { threshold: AtomicU64 }
+///
+/// #[derive(serde::Deserialize)]
+/// struct Config { threshold: f64 }
+///
+/// impl Reconfigure for Model {
+///     type Config = Config;
+///     async fn reconfigure(&self, config: Config) -> Result<(), BoxError> {
+///         self.threshold.store(config.threshold.to_bits(), Ordering::Relaxed);
+///         Ok(())
+///     }
+/// }
+///
+/// let model = Deployment::new("Model")
+///     .user_config(serde_json::json!({"threshold": 0.5}))
+///     .bind(|| Model { threshold: AtomicU64::new(0) })
+///     .reconfigurable();
+/// ```
+pub trait Reconfigure: Send + Sync + 'static {
+    /// The shape of `user_config`. A config that does not match is rejected with its field
+    /// path before anything is applied.
+    type Config: DeserializeOwned + Send;
+
+    /// Applies a new config. Runs concurrently with requests (use interior mutability). An
+    /// error fails the replica's start-up, or marks the update failed.
+    fn reconfigure(
+        &self,
+        config: Self::Config,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+type ReconfigureFn<T> =
+    Arc<dyn Fn(Arc<T>, Value) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+
+/// Checks a `user_config` against the deployment's `Reconfigure::Config`, with its field path.
+type CheckFn = fn(&Value) -> Result<(), String>;
+
+struct Reconfigurer<T> {
+    apply: ReconfigureFn<T>,
+    check: CheckFn,
+}
+
+fn check_config<C: DeserializeOwned>(value: &Value) -> Result<(), String> {
+    serde_path_to_error::deserialize::<_, C>(value)
+        .map(drop)
+        .map_err(|e| match e.path().to_string() {
+            p if p == "." => format!("user_config: {}", e.inner()),
+            p => format!("user_config.{p}: {}", e.inner()),
+        })
+}
 
 /// A deployment bound to its constructor: a node of the application graph.
 ///
@@ -231,13 +318,33 @@ impl<T: Send + Sync + 'static> BoundDeployment<T> {
         BoundDeployment {
             node: Arc::new(Node {
                 name,
-                options,
+                defaults: options.clone(),
+                options: Mutex::new(options),
                 deps,
                 ctor,
-                router,
+                router: ArcSwap::new(router),
+                reconfigure: OnceLock::new(),
                 started: tokio::sync::OnceCell::new(),
             }),
         }
+    }
+
+    /// Makes the deployment's instances take `user_config` through [`Reconfigure`].
+    pub fn reconfigurable(self) -> Self
+    where
+        T: Reconfigure,
+    {
+        let _ = self.node.reconfigure.set(Reconfigurer {
+            apply: Arc::new(|instance: Arc<T>, value: Value| {
+                async move {
+                    let config: T::Config = serde_json::from_value(value)?;
+                    instance.reconfigure(config).await
+                }
+                .boxed()
+            }),
+            check: check_config::<T::Config>,
+        });
+        self
     }
 
     /// The deployment's name.
@@ -245,18 +352,20 @@ impl<T: Send + Sync + 'static> BoundDeployment<T> {
         &self.node.name
     }
 
-    /// The deployment's options.
+    /// The deployment's options as written in code (before any config file override).
     pub fn deployment_options(&self) -> &DeploymentOptions {
-        &self.node.options
+        &self.node.defaults
     }
 
     /// A handle to this deployment. Calls wait until its replicas are running.
     pub fn handle(&self) -> DeploymentHandle<T> {
-        DeploymentHandle::new(self.node.router.clone())
+        DeploymentHandle::new(self.router())
     }
 
-    pub(crate) fn router(&self) -> &Arc<Router<T>> {
-        &self.node.router
+    /// The router requests go through now (a rolling update may have adopted the previous
+    /// version's).
+    pub(crate) fn router(&self) -> Arc<Router<T>> {
+        self.node.router.load_full()
     }
 
     pub(crate) fn node_ref(&self) -> NodeRef {
@@ -266,22 +375,70 @@ impl<T: Send + Sync + 'static> BoundDeployment<T> {
 
 struct Node<T: Send + Sync + 'static> {
     name: String,
-    options: DeploymentOptions,
+    defaults: DeploymentOptions,
+    options: Mutex<DeploymentOptions>,
     deps: Vec<NodeRef>,
     ctor: Ctor<T>,
-    router: Arc<Router<T>>,
+    router: ArcSwap<Router<T>>,
+    reconfigure: OnceLock<Reconfigurer<T>>,
     started: tokio::sync::OnceCell<()>,
+}
+
+/// The state of one replica, as `status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReplicaState {
+    /// Being constructed (and reconfigured); not routed to yet.
+    Starting,
+    /// Routed to.
+    Running,
+    /// No longer routed to; finishing its in-flight requests.
+    Stopping,
+}
+
+/// One replica in a status report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplicaInfo {
+    /// `Deployment#n`.
+    pub replica_id: String,
+    /// Its state.
+    pub state: ReplicaState,
+    /// Requests it runs now.
+    pub ongoing_requests: usize,
 }
 
 /// A type-erased node of the application graph.
 pub(crate) trait AnyNode: Send + Sync {
     fn name(&self) -> &str;
     fn deps(&self) -> &[NodeRef];
+    fn as_any(&self) -> &dyn Any;
+    /// The options the code declared.
+    fn defaults(&self) -> DeploymentOptions;
+    /// The options in force.
+    fn options(&self) -> DeploymentOptions;
+    /// Checks options: ranges, and a `user_config` against the instance type's config.
+    fn check(&self, options: &DeploymentOptions) -> Result<(), Error>;
+    /// Sets the options before start (config overrides). Fails for a `user_config` the instance
+    /// type cannot take.
+    fn configure(&self, options: DeploymentOptions) -> Result<(), Error>;
     /// Starts the dependencies, then this deployment's replicas. Idempotent.
     fn start(self: Arc<Self>) -> BoxFuture<'static, Result<(), Error>>;
+    /// Takes over `old`'s router if it is the same deployment type, so that handles and traffic
+    /// of both versions meet in one place. Must be called before [`AnyNode::start`].
+    fn adopt(&self, old: &NodeRef) -> bool;
+    /// After [`AnyNode::adopt`]: replaces the old version's replicas by new ones, at most 20% of
+    /// the target at a time, each batch running before the matching old replicas drain.
+    fn roll(self: Arc<Self>) -> BoxFuture<'static, Result<(), Error>>;
+    /// Applies new options to a running deployment without restarting it: limits at once,
+    /// `user_config` to every replica, replicas added or drained to reach `num_replicas`.
+    fn update(self: Arc<Self>, options: DeploymentOptions)
+        -> BoxFuture<'static, Result<(), Error>>;
     /// Stops routing to the replicas and drops them (each instance drops when its last request
     /// finishes).
     fn stop(&self);
+    /// Whether both nodes route through the same router.
+    fn shares_router(&self, other: &NodeRef) -> bool;
+    fn replicas(&self) -> Vec<ReplicaInfo>;
 }
 
 /// A reference to a node of the application graph (opaque).
@@ -300,6 +457,68 @@ impl std::fmt::Debug for NodeRef {
     }
 }
 
+impl<T: Send + Sync + 'static> Node<T> {
+    fn current(&self) -> DeploymentOptions {
+        self.options
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn startup_error(&self, source: BoxError) -> Error {
+        Error::Startup {
+            deployment: self.name.clone(),
+            source,
+        }
+    }
+
+    /// Builds one replica: constructor, then `user_config`. Not routed to yet.
+    async fn build_replica(&self, router: &Router<T>) -> Result<Arc<Replica<T>>, Error> {
+        let id = format!("{}#{}", self.name, router.next_replica_id());
+        let _starting = router.starting();
+        let built = AssertUnwindSafe(async { (self.ctor)().await })
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panic_message(&*panic).into()));
+        let replica = Arc::new(Replica::new(built.map_err(|e| self.startup_error(e))?, id));
+        if let Some(config) = self.current().user_config {
+            self.reconfigure_one(&replica, config).await?;
+        }
+        Ok(replica)
+    }
+
+    async fn reconfigure_one(&self, replica: &Replica<T>, config: Value) -> Result<(), Error> {
+        let Some(hook) = self.reconfigure.get() else {
+            return Err(self.no_reconfigure());
+        };
+        AssertUnwindSafe((hook.apply)(replica.instance.clone(), config))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| Err(panic_message(&*panic).into()))
+            .map_err(|e| {
+                self.startup_error(format!("reconfigure failed on {}: {e}", replica.id).into())
+            })
+    }
+
+    fn no_reconfigure(&self) -> Error {
+        Error::Config(format!(
+            "deployment '{}' got a user_config, but it was not bound with .reconfigurable() \
+             (its type must implement ferroserve::Reconfigure)",
+            self.name
+        ))
+    }
+
+    /// Builds `n` replicas and routes to each as soon as it is ready.
+    async fn add_replicas(&self, n: usize) -> Result<(), Error> {
+        let router = self.router.load_full();
+        for _ in 0..n {
+            let replica = self.build_replica(&router).await?;
+            router.add_replica(replica);
+        }
+        Ok(())
+    }
+}
+
 impl<T: Send + Sync + 'static> AnyNode for Node<T> {
     fn name(&self) -> &str {
         &self.name
@@ -309,33 +528,56 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
         &self.deps
     }
 
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn defaults(&self) -> DeploymentOptions {
+        self.defaults.clone()
+    }
+
+    fn options(&self) -> DeploymentOptions {
+        self.current()
+    }
+
+    fn check(&self, options: &DeploymentOptions) -> Result<(), Error> {
+        options.validate(&self.name)?;
+        if let Some(config) = &options.user_config {
+            let hook = self
+                .reconfigure
+                .get()
+                .ok_or_else(|| self.no_reconfigure())?;
+            (hook.check)(config)
+                .map_err(|e| Error::Config(format!("deployment '{}': {e}", self.name)))?;
+        }
+        Ok(())
+    }
+
+    fn configure(&self, options: DeploymentOptions) -> Result<(), Error> {
+        self.check(&options)?;
+        self.router
+            .load()
+            .set_limits(options.max_ongoing_requests, options.max_queued_requests);
+        *self.options.lock().unwrap_or_else(|p| p.into_inner()) = options;
+        Ok(())
+    }
+
     fn start(self: Arc<Self>) -> BoxFuture<'static, Result<(), Error>> {
         async move {
             self.started
                 .get_or_try_init(|| async {
-                    self.options.validate(&self.name)?;
+                    let options = self.current();
+                    self.configure(options.clone())?;
                     for dep in &self.deps {
                         dep.0.clone().start().await?;
                     }
-                    let mut replicas = Vec::with_capacity(self.options.num_replicas);
-                    for i in 0..self.options.num_replicas {
-                        let built = AssertUnwindSafe(async { (self.ctor)().await })
-                            .catch_unwind()
-                            .await
-                            .unwrap_or_else(|panic| Err(panic_message(&*panic).into()));
-                        let instance = built.map_err(|source| Error::Startup {
-                            deployment: self.name.clone(),
-                            source,
-                        })?;
-                        replicas.push(Arc::new(Replica::new(
-                            instance,
-                            format!("{}#{}", self.name, i),
-                        )));
+                    if let Err(e) = self.add_replicas(options.num_replicas).await {
+                        self.stop();
+                        return Err(e);
                     }
-                    self.router.set_replicas(replicas);
                     tracing::info!(
                         deployment = %self.name,
-                        replicas = self.options.num_replicas,
+                        replicas = options.num_replicas,
                         "deployment running"
                     );
                     Ok(())
@@ -346,9 +588,97 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
         .boxed()
     }
 
+    fn adopt(&self, old: &NodeRef) -> bool {
+        let Some(old) = old.0.as_any().downcast_ref::<Node<T>>() else {
+            return false;
+        };
+        self.router.store(old.router.load_full());
+        true
+    }
+
+    fn roll(self: Arc<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        async move {
+            self.started
+                .get_or_try_init(|| async {
+                    let options = self.current();
+                    self.configure(options.clone())?;
+                    let router = self.router.load_full();
+                    let mut old: Vec<_> = router.replicas().to_vec();
+                    let target = options.num_replicas;
+                    let step = target.div_ceil(5).max(1);
+                    let mut added = 0;
+                    while added < target || !old.is_empty() {
+                        let add = step.min(target - added);
+                        if let Err(e) = self.add_replicas(add).await {
+                            // Keep the old version serving: drain the new replicas again.
+                            let new: Vec<_> = router
+                                .replicas()
+                                .iter()
+                                .filter(|r| !old.iter().any(|o| Arc::ptr_eq(o, r)))
+                                .cloned()
+                                .collect();
+                            router.drain(&new, options.graceful_shutdown_timeout).await;
+                            return Err(e);
+                        }
+                        added += add;
+                        let retire: Vec<_> = old.drain(..step.min(old.len())).collect();
+                        router.drain(&retire, options.graceful_shutdown_timeout).await;
+                    }
+                    tracing::info!(deployment = %self.name, replicas = target, "deployment updated");
+                    Ok(())
+                })
+                .await
+                .map(|_| ())
+        }
+        .boxed()
+    }
+
+    fn update(
+        self: Arc<Self>,
+        options: DeploymentOptions,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        async move {
+            let before = self.current();
+            self.configure(options.clone())?;
+            let router = self.router.load_full();
+            if options.user_config != before.user_config {
+                if let Some(config) = &options.user_config {
+                    for replica in router.replicas().iter() {
+                        self.reconfigure_one(replica, config.clone()).await?;
+                    }
+                }
+            }
+            let running = router.num_replicas();
+            if options.num_replicas > running {
+                self.add_replicas(options.num_replicas - running).await?;
+            } else if options.num_replicas < running {
+                let mut replicas = router.replicas().to_vec();
+                // Idle replicas go first.
+                replicas.sort_by_key(|r| r.in_flight());
+                replicas.truncate(running - options.num_replicas);
+                router.drain(&replicas, options.graceful_shutdown_timeout).await;
+            }
+            tracing::info!(deployment = %self.name, replicas = options.num_replicas, "deployment reconfigured");
+            Ok(())
+        }
+        .boxed()
+    }
+
     fn stop(&self) {
-        self.router.set_replicas(Vec::new());
+        self.router.load().set_replicas(Vec::new());
         tracing::info!(deployment = %self.name, "deployment stopped");
+    }
+
+    fn shares_router(&self, other: &NodeRef) -> bool {
+        other
+            .0
+            .as_any()
+            .downcast_ref::<Node<T>>()
+            .is_some_and(|o| Arc::ptr_eq(&o.router.load(), &self.router.load()))
+    }
+
+    fn replicas(&self) -> Vec<ReplicaInfo> {
+        self.router.load().replica_infos()
     }
 }
 

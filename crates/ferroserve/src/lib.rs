@@ -40,17 +40,29 @@
 //! | `InputNode`, `DAGDriver` | [`dag`] |
 //! | HTTP adapters (`json_to_ndarray`, `image_to_ndarray`, ...) | [`adapters`] |
 //! | status codes and messages | [`error`] |
+//! | serve config YAML | [`config`] |
+//! | `import_path` | [`registry`] |
+//! | `serve run/deploy/status/config/build/shutdown` | [`cli`] |
+//! | applying configs, rolling updates, status | `controller` (internal) |
+//! | the REST API (`/api/serve/applications/`) | `admin` (internal) |
 
 pub mod adapters;
+mod admin;
 pub mod api;
 pub mod app;
+pub mod cli;
+pub mod config;
 pub mod context;
+mod controller;
 pub mod dag;
 pub mod deployment;
 pub mod error;
 pub mod handle;
 pub mod ingress;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 mod proxy;
+pub mod registry;
 mod router;
 pub mod serve;
 pub mod stream;
@@ -58,7 +70,8 @@ pub mod stream;
 pub use api::Json;
 pub use app::Application;
 pub use context::{current, on_cancel, shield, OnCancel, RequestContext};
-pub use deployment::{BoundDeployment, Deployment, DeploymentOptions};
+pub use controller::AppStatus;
+pub use deployment::{BoundDeployment, Deployment, DeploymentOptions, Reconfigure};
 pub use error::{BoxError, Error, Fault, HandlerError};
 pub use handle::{DeploymentHandle, Handles};
 pub use ingress::{Ingress, QueryParams, Request};

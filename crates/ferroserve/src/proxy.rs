@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
@@ -33,23 +34,66 @@ use crate::ingress::HttpEndpoint;
 /// One mounted application.
 pub(crate) struct Route {
     pub(crate) prefix: Arc<str>,
+    /// The server's `root_path` joined with `prefix`: what the application sees as its root.
+    pub(crate) mount: Arc<str>,
     pub(crate) app_name: String,
     pub(crate) endpoint: Arc<dyn HttpEndpoint>,
 }
 
-/// What every request handler reads. Written once at start, except `draining`.
+impl Route {
+    pub(crate) fn new(
+        root_path: &str,
+        prefix: &str,
+        app_name: String,
+        endpoint: Arc<dyn HttpEndpoint>,
+    ) -> Route {
+        let mount = match (root_path, prefix) {
+            ("", prefix) => prefix.to_owned(),
+            (root, "/") => root.to_owned(),
+            (root, prefix) => format!("{root}{prefix}"),
+        };
+        Route {
+            prefix: prefix.into(),
+            mount: mount.into(),
+            app_name,
+            endpoint,
+        }
+    }
+}
+
+/// What every request handler reads. The route table is replaced as a whole when applications
+/// are deployed or deleted; requests in flight keep the table they started with.
 pub(crate) struct ProxyState {
     /// Sorted by prefix length, longest first.
-    pub(crate) routes: Vec<Route>,
+    pub(crate) routes: ArcSwap<Vec<Route>>,
+    /// `http_options.root_path`: `""` or a path every route lives under.
+    pub(crate) root_path: String,
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) draining: AtomicBool,
     pub(crate) host: String,
 }
 
 impl ProxyState {
-    fn route(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| prefix_matches(&r.prefix, path))
+    /// Replaces the route table (sorting it longest prefix first).
+    pub(crate) fn set_routes(&self, mut routes: Vec<Route>) {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        self.routes.store(Arc::new(routes));
     }
+}
+
+/// The route for `path` in `routes`, after the server's `root_path`.
+fn find_route<'a>(routes: &'a [Route], root_path: &str, path: &str) -> Option<&'a Route> {
+    let rest = if root_path.is_empty() {
+        path
+    } else if prefix_matches(root_path, path) {
+        match &path[root_path.len()..] {
+            "" => "/",
+            rest => rest,
+        }
+    } else {
+        return None;
+    };
+    routes.iter().find(|r| prefix_matches(&r.prefix, rest))
 }
 
 const REQUEST_ID: &str = "x-request-id";
@@ -68,12 +112,14 @@ fn request_id(req: &http::Request<Incoming>) -> Arc<str> {
 async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Response {
     let request_id = request_id(&req);
     let path = req.uri().path();
+    let routes = state.routes.load();
     let mut response = if let Some(internal) = path.strip_prefix("/-/") {
         internal_route(&state, internal)
-    } else if let Some(route) = state.route(path) {
+    } else if let Some(route) = find_route(&routes, &state.root_path, path) {
         let ctx =
-            RequestContext::new(request_id.clone(), state.request_timeout).in_app(&route.prefix);
+            RequestContext::new(request_id.clone(), state.request_timeout).in_app(&route.mount);
         let work = route.endpoint.serve(req.map(Body::new), ctx.clone());
+        drop(routes);
         let work = CancelOnDrop::new(ctx, log_disconnect, work);
         match state.request_timeout {
             None => work.await,
@@ -117,7 +163,7 @@ fn internal_route(state: &ProxyState, route: &str) -> Response {
         }
         "routes" => {
             let mut map = serde_json::Map::new();
-            for r in &state.routes {
+            for r in state.routes.load().iter() {
                 map.insert(r.prefix.to_string(), r.app_name.clone().into());
             }
             axum::Json(map).into_response()
@@ -214,10 +260,40 @@ pub(crate) async fn serve(
 mod tests {
     use super::*;
 
+    #[test]
+    fn root_path_mounts_every_route() {
+        let endpoint = || -> Arc<dyn HttpEndpoint> { Arc::new(NoEndpoint) };
+        let routes = vec![
+            Route::new("/serve", "/iris", "iris".into(), endpoint()),
+            Route::new("/serve", "/", "root".into(), endpoint()),
+        ];
+        let name = |path| find_route(&routes, "/serve", path).map(|r| r.app_name.as_str());
+        assert_eq!(name("/serve/iris/predict"), Some("iris"));
+        assert_eq!(name("/serve"), Some("root"));
+        assert_eq!(name("/serve/other"), Some("root"));
+        assert_eq!(name("/iris"), None);
+        assert_eq!(name("/server"), None);
+        assert_eq!(&*routes[0].mount, "/serve/iris");
+        assert_eq!(&*routes[1].mount, "/serve");
+        assert_eq!(&*Route::new("", "/", "a".into(), endpoint()).mount, "/");
+    }
+
+    struct NoEndpoint;
+    impl HttpEndpoint for NoEndpoint {
+        fn serve(
+            &self,
+            _: http::Request<Body>,
+            _: RequestContext,
+        ) -> futures_util::future::BoxFuture<'static, Response> {
+            Box::pin(async { StatusCode::OK.into_response() })
+        }
+    }
+
     #[tokio::test]
     async fn healthz_fails_with_a_reason_while_draining() {
         let state = ProxyState {
-            routes: Vec::new(),
+            routes: ArcSwap::from_pointee(Vec::new()),
+            root_path: String::new(),
             request_timeout: None,
             draining: AtomicBool::new(false),
             host: "127.0.0.1:8000".into(),

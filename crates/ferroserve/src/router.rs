@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
@@ -45,6 +45,11 @@ impl<T> Replica<T> {
         }
     }
 
+    /// Requests running on this replica now.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(SeqCst)
+    }
+
     /// Takes a slot if fewer than `max` requests run here.
     fn try_take(&self, max: usize) -> bool {
         self.in_flight
@@ -62,10 +67,15 @@ struct Queue<T> {
 pub(crate) struct Router<T> {
     name: Arc<str>,
     replicas: ArcSwap<Vec<Arc<Replica<T>>>>,
-    max_ongoing: usize,
-    max_queued: Option<usize>,
+    max_ongoing: AtomicUsize,
+    /// `usize::MAX` is unlimited.
+    max_queued: AtomicUsize,
     queued: AtomicUsize,
     queue: Mutex<Queue<T>>,
+    /// Cold bookkeeping for status reports and replica ids.
+    next_id: AtomicUsize,
+    starting: AtomicUsize,
+    stopping: Mutex<Vec<Arc<Replica<T>>>>,
 }
 
 impl<T: Send + Sync + 'static> Router<T> {
@@ -73,13 +83,16 @@ impl<T: Send + Sync + 'static> Router<T> {
         Router {
             name: name.into(),
             replicas: ArcSwap::from_pointee(Vec::new()),
-            max_ongoing,
-            max_queued,
+            max_ongoing: AtomicUsize::new(max_ongoing),
+            max_queued: AtomicUsize::new(max_queued.unwrap_or(usize::MAX)),
             queued: AtomicUsize::new(0),
             queue: Mutex::new(Queue {
                 next_seq: 0,
                 waiters: BTreeMap::new(),
             }),
+            next_id: AtomicUsize::new(0),
+            starting: AtomicUsize::new(0),
+            stopping: Mutex::new(Vec::new()),
         }
     }
 
@@ -94,9 +107,109 @@ impl<T: Send + Sync + 'static> Router<T> {
         self.dispatch(&mut self.lock());
     }
 
+    /// Adds one replica to the routed set and serves waiting requests.
+    pub(crate) fn add_replica(&self, replica: Arc<Replica<T>>) {
+        let mut replicas = self.replicas().to_vec();
+        replicas.push(replica);
+        self.set_replicas(replicas);
+    }
+
+    /// Stops routing to `retire`, then waits (up to `timeout`) until their in-flight requests
+    /// are done. Each instance is dropped when its last request ends, whether or not the wait
+    /// timed out.
+    pub(crate) async fn drain(&self, retire: &[Arc<Replica<T>>], timeout: std::time::Duration) {
+        if retire.is_empty() {
+            return;
+        }
+        let keep: Vec<_> = self
+            .replicas()
+            .iter()
+            .filter(|r| !retire.iter().any(|x| Arc::ptr_eq(x, r)))
+            .cloned()
+            .collect();
+        self.replicas.store(Arc::new(keep));
+        self.stopping_list().extend(retire.iter().cloned());
+        let deadline = tokio::time::Instant::now() + timeout;
+        // A controller-side poll, off the request path: the replica count is small and a 10 ms
+        // granularity is far below any drain timeout.
+        while retire.iter().any(|r| r.in_flight() > 0) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if let Some(busy) = retire.iter().find(|r| r.in_flight() > 0) {
+            tracing::warn!(replica = %busy.id, "replica still busy after {timeout:?}; it stops when its last request ends");
+        }
+        self.stopping_list()
+            .retain(|r| !retire.iter().any(|x| Arc::ptr_eq(x, r)));
+        for r in retire {
+            tracing::info!(replica = %r.id, "replica stopped");
+        }
+    }
+
+    fn stopping_list(&self) -> MutexGuard<'_, Vec<Arc<Replica<T>>>> {
+        self.stopping.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next replica number (`Deployment#n`), unique across versions of the deployment.
+    pub(crate) fn next_replica_id(&self) -> usize {
+        self.next_id.fetch_add(1, SeqCst)
+    }
+
+    /// Counts a replica under construction until the guard drops.
+    pub(crate) fn starting(&self) -> impl Drop + '_ {
+        struct Starting<'a>(&'a AtomicUsize);
+        impl Drop for Starting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, SeqCst);
+            }
+        }
+        self.starting.fetch_add(1, SeqCst);
+        Starting(&self.starting)
+    }
+
+    /// Every replica with its state, for status reports.
+    pub(crate) fn replica_infos(&self) -> Vec<crate::deployment::ReplicaInfo> {
+        use crate::deployment::{ReplicaInfo, ReplicaState};
+        let info = |r: &Arc<Replica<T>>, state| ReplicaInfo {
+            replica_id: r.id.clone(),
+            state,
+            ongoing_requests: r.in_flight(),
+        };
+        let mut out: Vec<_> = self
+            .replicas()
+            .iter()
+            .map(|r| info(r, ReplicaState::Running))
+            .collect();
+        out.extend(
+            self.stopping_list()
+                .iter()
+                .map(|r| info(r, ReplicaState::Stopping)),
+        );
+        for _ in 0..self.starting.load(SeqCst) {
+            out.push(ReplicaInfo {
+                replica_id: format!("{}#?", self.name),
+                state: ReplicaState::Starting,
+                ongoing_requests: 0,
+            });
+        }
+        out
+    }
+
     /// Number of replicas currently routed to.
     pub(crate) fn num_replicas(&self) -> usize {
         self.replicas.load().len()
+    }
+
+    /// The replicas currently routed to.
+    pub(crate) fn replicas(&self) -> Arc<Vec<Arc<Replica<T>>>> {
+        self.replicas.load_full()
+    }
+
+    /// Changes the limits in place; waiting requests are served at once if the new cap allows.
+    pub(crate) fn set_limits(&self, max_ongoing: usize, max_queued: Option<usize>) {
+        self.max_ongoing.store(max_ongoing, SeqCst);
+        self.max_queued
+            .store(max_queued.unwrap_or(usize::MAX), SeqCst);
+        self.dispatch(&mut self.lock());
     }
 
     /// Requests waiting for a slot.
@@ -122,11 +235,12 @@ impl<T: Send + Sync + 'static> Router<T> {
     fn try_pick(&self) -> Option<Arc<Replica<T>>> {
         let replicas = self.replicas.load();
         let n = replicas.len();
+        let max = self.max_ongoing.load(Relaxed);
         match n {
             0 => return None,
             1 => {
                 let r = &replicas[0];
-                return r.try_take(self.max_ongoing).then(|| r.clone());
+                return r.try_take(max).then(|| r.clone());
             }
             _ => {}
         }
@@ -139,14 +253,11 @@ impl<T: Send + Sync + 'static> Router<T> {
                 (b, a)
             };
         for i in [first, second] {
-            if replicas[i].try_take(self.max_ongoing) {
+            if replicas[i].try_take(max) {
                 return Some(replicas[i].clone());
             }
         }
-        replicas
-            .iter()
-            .find(|r| r.try_take(self.max_ongoing))
-            .cloned()
+        replicas.iter().find(|r| r.try_take(max)).cloned()
     }
 
     /// Serves queued requests from the head while slots are free. Called with the queue locked.
@@ -188,7 +299,8 @@ impl<T: Send + Sync + 'static> Router<T> {
             }
         }
         let mut queue = self.lock();
-        if let Some(max) = self.max_queued {
+        let max = self.max_queued.load(Relaxed);
+        if max != usize::MAX {
             let num_queued = queue.waiters.len();
             if num_queued >= max {
                 return Acquire::Rejected(Some(Error::Backpressure {

@@ -5,14 +5,17 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::app::{validate_route_prefix, Application};
-use crate::deployment::NodeRef;
+use crate::config::ServeConfig;
+use crate::controller::Controller;
 use crate::error::Error;
-use crate::proxy::{self, ConnOptions, ProxyState, Route};
+use crate::proxy::{self, ConnOptions, ProxyState};
+use crate::registry::Registry;
 
 /// Environment variable that overrides the default port (use `0` for an ephemeral port).
 pub const PORT_ENV: &str = "FERROSERVE_PORT";
@@ -34,6 +37,8 @@ pub struct HttpOptions {
     pub keep_alive_timeout: Duration,
     /// How long a drain waits for in-flight requests before closing connections. Default 20 s.
     pub graceful_shutdown_timeout: Duration,
+    /// A path the whole server is mounted under (`""`, the default, or e.g. `/serve`).
+    pub root_path: String,
 }
 
 impl Default for HttpOptions {
@@ -47,6 +52,7 @@ impl Default for HttpOptions {
             request_timeout: None,
             keep_alive_timeout: Duration::from_secs(5),
             graceful_shutdown_timeout: Duration::from_secs(20),
+            root_path: String::new(),
         }
     }
 }
@@ -70,12 +76,47 @@ impl Default for HttpOptions {
 pub struct Serve {
     options: HttpOptions,
     apps: Vec<Application>,
+    /// A config, the name of its file, and its text (to point errors at lines).
+    config: Option<(ServeConfig, String, String)>,
+    registry: Registry,
+    admin: Option<(String, u16)>,
 }
 
 impl Serve {
     /// A server with default options and no applications.
     pub fn new() -> Self {
         Serve::default()
+    }
+
+    /// A server for a config file: its `http_options`, its applications (built from
+    /// `registry`), and the admin API on its `admin_options` address.
+    pub fn from_config_file(
+        path: &std::path::Path,
+        registry: Registry,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let file = path.display().to_string();
+        let config = ServeConfig::from_file(path)?;
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut serve = Serve::from_config(config, file, registry);
+        if let Some((_, _, source)) = &mut serve.config {
+            *source = text;
+        }
+        Ok(serve)
+    }
+
+    /// A server for a parsed config (see [`Serve::from_config_file`]); `file` names it in
+    /// errors.
+    pub fn from_config(config: ServeConfig, file: impl Into<String>, registry: Registry) -> Self {
+        let mut options = config.http_options.to_options();
+        options.graceful_shutdown_timeout = HttpOptions::default().graceful_shutdown_timeout;
+        let admin = (config.admin_options.host.clone(), config.admin_options.port);
+        Serve {
+            options,
+            apps: Vec::new(),
+            config: Some((config, file.into(), String::new())),
+            registry,
+            admin: Some(admin),
+        }
     }
 
     /// Adds an application (a bound ingress deployment converts into one).
@@ -120,57 +161,111 @@ impl Serve {
         self
     }
 
-    /// Validates the applications, starts every deployment (dependencies first), binds the port
-    /// and starts serving. Returns once the server accepts connections.
+    /// Serves the admin REST API (`/api/serve/applications/`) on `host:port` (`0` for an
+    /// ephemeral port), with `registry` resolving the `import_path`s of deployed configs.
+    pub fn admin(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.admin = Some((host.into(), port));
+        self
+    }
+
+    /// Turns the admin API off.
+    pub fn no_admin(mut self) -> Self {
+        self.admin = None;
+        self
+    }
+
+    /// Sets the builders that config `import_path`s name.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// Validates the applications, binds the port, starts every deployment (dependencies
+    /// first) and starts serving. Returns once the server accepts connections; connections
+    /// made earlier wait in the listen queue until the routes are loaded.
     ///
-    /// Errors: [`Error::Config`] for invalid or clashing names and prefixes, [`Error::Startup`]
-    /// naming the deployment whose constructor failed, [`Error::Io`] if the port cannot be bound.
+    /// Errors: [`Error::Config`] for invalid or clashing names and prefixes or an invalid config,
+    /// [`Error::Startup`] naming the deployment whose constructor failed, [`Error::Io`] if a port
+    /// cannot be bound.
     pub async fn start(self) -> Result<Server, Error> {
-        let Serve { options, apps } = self;
-        let mut routes: Vec<Route> = Vec::with_capacity(apps.len());
+        let Serve {
+            options,
+            apps,
+            config,
+            registry,
+            admin,
+        } = self;
+        let mut seen: Vec<(&str, &str)> = Vec::with_capacity(apps.len());
         for app in &apps {
             validate_route_prefix(&app.route_prefix)?;
             if app.name.is_empty() {
                 return Err(Error::Config("application name must not be empty".into()));
             }
-            if let Some(other) = routes.iter().find(|r| r.app_name == app.name) {
+            if let Some((_, prefix)) = seen.iter().find(|(name, _)| *name == app.name) {
                 return Err(Error::Config(format!(
                     "two applications are named '{}' (prefixes '{}' and '{}')",
-                    app.name, other.prefix, app.route_prefix
+                    app.name, prefix, app.route_prefix
                 )));
             }
-            if let Some(other) = routes.iter().find(|r| *r.prefix == app.route_prefix) {
+            if let Some((name, _)) = seen.iter().find(|(_, p)| *p == app.route_prefix) {
                 return Err(Error::Config(format!(
                     "applications '{}' and '{}' both use route_prefix '{}'",
-                    other.app_name, app.name, app.route_prefix
+                    name, app.name, app.route_prefix
                 )));
             }
-            routes.push(Route {
-                prefix: app.route_prefix.as_str().into(),
-                app_name: app.name.clone(),
-                endpoint: app.endpoint.clone(),
-            });
+            seen.push((&app.name, &app.route_prefix));
         }
-        let mut nodes: Vec<NodeRef> = Vec::new();
-        for app in &apps {
-            for node in app.deployments()? {
-                node.0.clone().start().await?;
-                if !nodes.iter().any(|n| n.same(&node)) {
-                    nodes.push(node);
-                }
-            }
-            tracing::info!(app = %app.name, route_prefix = %app.route_prefix, "application running");
-        }
-        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
         let listener = TcpListener::bind((options.host.as_str(), options.port)).await?;
         let local_addr = listener.local_addr()?;
         let state = Arc::new(ProxyState {
-            routes,
+            routes: ArcSwap::from_pointee(Vec::new()),
+            root_path: options.root_path.clone(),
             request_timeout: options.request_timeout,
             draining: AtomicBool::new(false),
             host: local_addr.to_string(),
         });
+        let base = match &config {
+            Some((c, _, _)) => ServeConfig {
+                applications: Vec::new(),
+                ..c.clone()
+            },
+            None => ServeConfig::default(),
+        };
+        let controller = Arc::new(Controller::new(state.clone(), registry, base));
+        controller.start_code_apps(apps).await?;
+        if let Some((config, file, text)) = config {
+            controller.apply(config, &file).await.map_err(|mut e| {
+                ServeConfig::locate(&text, &mut e.issues);
+                Error::Config(e.to_string())
+            })?;
+            if let Some(failed) = controller.failed_app() {
+                controller.stop_all();
+                return Err(Error::Config(failed));
+            }
+        }
+        let stop_requested = Arc::new(Notify::new());
+        let admin = match admin {
+            Some((host, port)) => {
+                let listener = TcpListener::bind((host.as_str(), port))
+                    .await
+                    .map_err(|e| {
+                        Error::Io(std::io::Error::new(
+                            e.kind(),
+                            format!("cannot bind the admin API on {host}:{port}: {e}"),
+                        ))
+                    })?;
+                let addr = listener.local_addr()?;
+                let task = tokio::spawn(crate::admin::serve(
+                    listener,
+                    controller.clone(),
+                    stop_requested.clone(),
+                ));
+                tracing::info!("admin API on http://{addr}/api/serve/applications/");
+                Some((addr, task))
+            }
+            None => None,
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(proxy::serve(
             listener,
@@ -186,17 +281,23 @@ impl Serve {
             local_addr,
             stop: stop_tx,
             task,
-            nodes,
+            controller,
+            admin,
+            stop_requested,
         })
     }
 
-    /// Starts the server, serves until Ctrl-C or SIGTERM, then drains (`/-/healthz` turns 503,
-    /// new connections are refused, in-flight requests finish up to the graceful timeout).
+    /// Starts the server, serves until Ctrl-C, SIGTERM or an admin `DELETE`, then drains
+    /// (`/-/healthz` turns 503, new connections are refused, in-flight requests finish up to the
+    /// graceful timeout).
     pub async fn run(self) -> Result<(), Error> {
         let signal = shutdown_signal();
         let server = self.start().await?;
-        signal.await;
-        tracing::info!("shutdown signal received");
+        let requested = server.stop_requested.clone();
+        tokio::select! {
+            _ = signal => tracing::info!("shutdown signal received"),
+            _ = requested.notified() => tracing::info!("shutdown requested through the admin API"),
+        }
         server.shutdown().await;
         Ok(())
     }
@@ -208,7 +309,9 @@ pub struct Server {
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
-    nodes: Vec<NodeRef>,
+    controller: Arc<Controller>,
+    admin: Option<(SocketAddr, JoinHandle<()>)>,
+    stop_requested: Arc<Notify>,
 }
 
 impl Server {
@@ -217,15 +320,27 @@ impl Server {
         self.local_addr
     }
 
+    /// The address the admin API listens on, if it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(addr, _)| *addr)
+    }
+
+    /// Resolves when an admin `DELETE /api/serve/applications/` asked the server to stop.
+    /// Cancel safe.
+    pub async fn stop_requested(&self) {
+        self.stop_requested.notified().await
+    }
+
     /// Drains and stops: refuses new connections, fails `/-/healthz`, waits for in-flight
     /// requests (up to the graceful timeout), then releases every replica, so that each
     /// instance's `Drop` (the deployment's shutdown hook) runs once its last request is done.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
-        for node in self.nodes.iter().rev() {
-            node.0.stop();
+        if let Some((_, admin)) = self.admin {
+            admin.abort();
         }
+        self.controller.stop_all();
     }
 }
 
@@ -260,13 +375,25 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 /// Installs ferroserve's log output (stderr, `RUST_LOG` filter, `info` by default) unless a
 /// global subscriber is already set.
 pub fn init_logging() {
+    init_logging_with(&crate::config::LoggingConfig::default());
+}
+
+/// Installs ferroserve's log output as a config's `logging_config` asks: its level (unless
+/// `RUST_LOG` is set) and `TEXT` or `JSON` lines on stderr. Does nothing if a global subscriber
+/// is already set.
+pub fn init_logging_with(config: &crate::config::LoggingConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(config.log_level.directive()));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match config.encoding {
+        crate::config::LogEncoding::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        crate::config::LogEncoding::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Serves one application on `127.0.0.1:8000` (or `$FERROSERVE_HOST`/`$FERROSERVE_PORT`) until

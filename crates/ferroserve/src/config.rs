@@ -1,0 +1,913 @@
+//! The serve config file (Ray Serve's shape), its parsing and its validation.
+//!
+//! ```yaml
+//! http_options:
+//!   host: 127.0.0.1
+//!   port: 8000
+//!   request_timeout_s: 30
+//! applications:
+//!   - name: iris
+//!     route_prefix: /iris
+//!     import_path: ferroserve.onnx:app
+//!     args:
+//!       model_path: apps/iris/iris.onnx
+//!     deployments:
+//!       - name: Model
+//!         num_replicas: 2
+//! ```
+//!
+//! Every field is checked: unknown fields are errors (Ray silently ignored a misplaced
+//! `request_timeout_s`, ray#37882), and each error names the file, the line and the field path
+//! and says what was expected, e.g.
+//! `serve.yaml:9:23: applications[0].deployments[0].num_replicas: must be at least 1, got 0`.
+//! JSON is accepted too (it is parsed as YAML, of which it is a subset).
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use serde_saphyr::Spanned;
+
+use crate::app::validate_route_prefix;
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Where the proxy listens and how it treats requests.
+    #[serde(default)]
+    pub http_options: HttpOptionsConfig,
+    /// Where the admin REST API listens.
+    #[serde(default)]
+    pub admin_options: AdminOptionsConfig,
+    /// Log level and format.
+    #[serde(default)]
+    pub logging_config: LoggingConfig,
+    /// The applications to run. Applying a config replaces the whole set: applications not
+    /// listed are deleted.
+    #[serde(default)]
+    pub applications: Vec<AppConfig>,
+}
+
+/// `http_options`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpOptionsConfig {
+    /// Default `127.0.0.1`.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Default `8000`; `0` picks a free port.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// End-to-end timeout per request; `null` (the default) waits forever.
+    #[serde(default)]
+    pub request_timeout_s: Option<f64>,
+    /// Idle keep-alive (and request head) timeout. Default 5.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_timeout_s: f64,
+    /// A path the whole server is mounted under (behind a reverse proxy), e.g. `/serve`:
+    /// `/serve/iris/predict` reaches application `/iris`. Default `""`.
+    #[serde(default)]
+    pub root_path: String,
+}
+
+fn default_host() -> String {
+    "127.0.0.1".to_owned()
+}
+fn default_port() -> u16 {
+    8000
+}
+fn default_keep_alive() -> f64 {
+    5.0
+}
+
+impl Default for HttpOptionsConfig {
+    fn default() -> Self {
+        HttpOptionsConfig {
+            host: default_host(),
+            port: default_port(),
+            request_timeout_s: None,
+            keep_alive_timeout_s: default_keep_alive(),
+            root_path: String::new(),
+        }
+    }
+}
+
+/// `admin_options`: the admin REST API (`/api/serve/applications/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminOptionsConfig {
+    /// Default `127.0.0.1`.
+    #[serde(default = "default_host")]
+    pub host: String,
+    /// Default `8265` (Ray's dashboard port).
+    #[serde(default = "default_admin_port")]
+    pub port: u16,
+}
+
+/// The admin API's default port (Ray's dashboard port).
+pub const DEFAULT_ADMIN_PORT: u16 = 8265;
+
+fn default_admin_port() -> u16 {
+    DEFAULT_ADMIN_PORT
+}
+
+impl Default for AdminOptionsConfig {
+    fn default() -> Self {
+        AdminOptionsConfig {
+            host: default_host(),
+            port: DEFAULT_ADMIN_PORT,
+        }
+    }
+}
+
+/// `logging_config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingConfig {
+    /// `DEBUG`, `INFO` (default), `WARNING`, `ERROR` (`RUST_LOG` wins when set).
+    #[serde(default)]
+    pub log_level: LogLevel,
+    /// `TEXT` (default) or `JSON` (one object per line).
+    #[serde(default)]
+    pub encoding: LogEncoding,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            log_level: LogLevel::Info,
+            encoding: LogEncoding::Text,
+        }
+    }
+}
+
+/// A log level, spelled as Python's logging spells it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+#[allow(missing_docs)]
+pub enum LogLevel {
+    Debug,
+    #[default]
+    Info,
+    Warning,
+    Error,
+}
+
+impl LogLevel {
+    /// The tracing filter directive for this level.
+    pub fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warning => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+#[allow(missing_docs)]
+pub enum LogEncoding {
+    #[default]
+    Text,
+    Json,
+}
+
+/// One entry of `applications`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Unique among the applications.
+    pub name: String,
+    /// Unique among the applications; `null` serves the application to handles only. Default `/`.
+    #[serde(default = "default_prefix")]
+    pub route_prefix: Option<String>,
+    /// The registered application builder, e.g. `ferroserve.onnx:app`.
+    pub import_path: String,
+    /// Arguments for the builder. Changing them (or `import_path`) rolls the replicas over.
+    #[serde(default)]
+    pub args: Map<String, Value>,
+    /// Per-deployment overrides of the options the code declares, by deployment name.
+    #[serde(default)]
+    pub deployments: Vec<DeploymentConfig>,
+}
+
+fn default_prefix() -> Option<String> {
+    Some("/".to_owned())
+}
+
+/// One entry of an application's `deployments`: every field but `name` is optional and
+/// overrides what the code declares.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// A deployment of the application's graph.
+    pub name: String,
+    /// At least 1; not together with `autoscaling_config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_replicas: Option<usize>,
+    /// At least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ongoing_requests: Option<usize>,
+    /// `-1` is unlimited (the default), else at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued_requests: Option<i64>,
+    /// Passed to the instances' `reconfigure` hook, in place, on every change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_config: Option<Value>,
+    /// Replica bounds and scaling targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling_config: Option<AutoscalingConfig>,
+    /// Seconds between health checks (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_period_s: Option<f64>,
+    /// Seconds a health check may take (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_timeout_s: Option<f64>,
+    /// Seconds a replica being removed may take to finish its requests (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graceful_shutdown_timeout_s: Option<f64>,
+}
+
+/// `autoscaling_config`, in Ray's terms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscalingConfig {
+    /// Default 1; 0 allows scale to zero.
+    #[serde(default = "one")]
+    pub min_replicas: usize,
+    /// Replicas at start; default `min_replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_replicas: Option<usize>,
+    /// Default 1.
+    #[serde(default = "one")]
+    pub max_replicas: usize,
+    /// Ongoing requests per replica to aim for. Default 2.
+    #[serde(default = "two")]
+    pub target_ongoing_requests: f64,
+    /// Seconds of metrics averaged per decision. Default 1.
+    #[serde(default = "one_f")]
+    pub look_back_period_s: f64,
+    /// Seconds the load must stay high before scaling up. Default 1.
+    #[serde(default = "one_f")]
+    pub upscale_delay_s: f64,
+    /// Seconds the load must stay low before scaling down. Default 30.
+    #[serde(default = "thirty")]
+    pub downscale_delay_s: f64,
+}
+
+fn one() -> usize {
+    1
+}
+fn two() -> f64 {
+    2.0
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn thirty() -> f64 {
+    30.0
+}
+
+/// One problem found in a config: where, which field, and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigIssue {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// The field path, e.g. `applications[0].deployments[1].num_replicas` (empty for the root).
+    pub path: String,
+    /// What is wrong and what was expected.
+    pub message: String,
+}
+
+/// Everything wrong with a config file. Displays one issue per line as
+/// `file:line:column: path: message`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigError {
+    /// The file name (or `<request body>`).
+    pub file: String,
+    /// The problems, in file order.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.issues.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file)?;
+            if let Some(line) = issue.line {
+                write!(f, ":{line}")?;
+                if let Some(column) = issue.column {
+                    write!(f, ":{column}")?;
+                }
+            }
+            if issue.path.is_empty() {
+                write!(f, ": {}", issue.message)?;
+            } else {
+                write!(f, ": {}: {}", issue.path, issue.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ServeConfig {
+    /// Reads and checks a config file.
+    pub fn from_file(path: &std::path::Path) -> Result<ServeConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            issues: vec![ConfigIssue {
+                line: None,
+                column: None,
+                path: String::new(),
+                message: format!("cannot read the config file: {e}"),
+            }],
+        })?;
+        ServeConfig::parse(&text, &file)
+    }
+
+    /// Parses and checks a config (YAML or JSON). `file` names the source in errors.
+    pub fn parse(text: &str, file: &str) -> Result<ServeConfig, ConfigError> {
+        let tree = serde_saphyr::from_str::<Spanned<Tree>>(text).ok();
+        let config: ServeConfig = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (Some(l.line() as usize), Some(l.column() as usize)))
+                .unwrap_or((None, None));
+            let message = e.without_snippet().to_string();
+            let message = strip_location(&message);
+            let mut path = match (&tree, line, column) {
+                (Some(tree), Some(l), Some(c)) => tree_path_at(tree, l, c).unwrap_or_default(),
+                _ => String::new(),
+            };
+            if message.starts_with("missing field") {
+                // The error points at the mapping's first key; the field belongs to the mapping.
+                path = parent_path(&path).to_owned();
+            }
+            ConfigError {
+                file: file.to_owned(),
+                issues: vec![ConfigIssue {
+                    line,
+                    column,
+                    path,
+                    message: message.to_owned(),
+                }],
+            }
+        })?;
+        let issues = config.validate();
+        if issues.is_empty() {
+            return Ok(config);
+        }
+        let issues = issues
+            .into_iter()
+            .map(|(path, message)| {
+                let (line, column) = tree
+                    .as_ref()
+                    .and_then(|t| tree_location(t, &path))
+                    .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+                ConfigIssue {
+                    line,
+                    column,
+                    path,
+                    message,
+                }
+            })
+            .collect();
+        Err(ConfigError {
+            file: file.to_owned(),
+            issues,
+        })
+    }
+
+    /// Fills in the line and column of issues found after parsing (by the controller), from
+    /// the config's source text.
+    pub(crate) fn locate(text: &str, issues: &mut [ConfigIssue]) {
+        let Ok(tree) = serde_saphyr::from_str::<Spanned<Tree>>(text) else {
+            return;
+        };
+        for issue in issues.iter_mut().filter(|i| i.line.is_none()) {
+            if let Some((line, column)) = tree_location(&tree, &issue.path) {
+                issue.line = Some(line);
+                issue.column = Some(column);
+            }
+        }
+    }
+
+    /// The config as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Checks the rules serde cannot: ranges, uniqueness, prefixes, exclusive fields. Returns
+    /// `(field path, message)` pairs.
+    pub fn validate(&self) -> Vec<(String, String)> {
+        let mut issues = Vec::new();
+        let mut issue = |path: String, message: String| issues.push((path, message));
+        let http = &self.http_options;
+        if let Some(t) = http.request_timeout_s {
+            positive(&mut issue, "http_options.request_timeout_s".into(), t);
+        }
+        positive(
+            &mut issue,
+            "http_options.keep_alive_timeout_s".into(),
+            http.keep_alive_timeout_s,
+        );
+        let root = &http.root_path;
+        if !root.is_empty()
+            && (!root.starts_with('/') || root.ends_with('/') || root.contains(['{', '}']))
+        {
+            issue(
+                "http_options.root_path".into(),
+                format!("must be empty or start with '/' and not end with '/', got '{root}'"),
+            );
+        }
+        for (i, app) in self.applications.iter().enumerate() {
+            let at = |field: &str| format!("applications[{i}].{field}");
+            if app.name.is_empty() {
+                issue(at("name"), "must not be empty".into());
+            }
+            if let Some(j) = self.applications[..i]
+                .iter()
+                .position(|a| a.name == app.name)
+            {
+                issue(
+                    at("name"),
+                    format!(
+                        "duplicate application name '{}' (also applications[{j}])",
+                        app.name
+                    ),
+                );
+            }
+            if let Some(prefix) = &app.route_prefix {
+                if let Err(e) = validate_route_prefix(prefix) {
+                    issue(at("route_prefix"), config_message(e));
+                } else if let Some(j) = self.applications[..i]
+                    .iter()
+                    .position(|a| a.route_prefix.as_deref() == Some(prefix))
+                {
+                    issue(
+                        at("route_prefix"),
+                        format!("duplicate route_prefix '{prefix}' (also applications[{j}])"),
+                    );
+                }
+            }
+            if app.import_path.trim().is_empty() {
+                issue(
+                    at("import_path"),
+                    "must name a registered application builder".into(),
+                );
+            }
+            for (k, d) in app.deployments.iter().enumerate() {
+                let at = |field: &str| format!("applications[{i}].deployments[{k}].{field}");
+                if d.name.is_empty() {
+                    issue(at("name"), "must not be empty".into());
+                }
+                if let Some(j) = app.deployments[..k].iter().position(|o| o.name == d.name) {
+                    issue(
+                        at("name"),
+                        format!(
+                            "duplicate deployment name '{}' (also deployments[{j}])",
+                            d.name
+                        ),
+                    );
+                }
+                if d.num_replicas == Some(0) {
+                    issue(at("num_replicas"), "must be at least 1, got 0".into());
+                }
+                if d.max_ongoing_requests == Some(0) {
+                    issue(
+                        at("max_ongoing_requests"),
+                        "must be at least 1, got 0".into(),
+                    );
+                }
+                if let Some(q) = d.max_queued_requests {
+                    if q == 0 || q < -1 {
+                        issue(
+                            at("max_queued_requests"),
+                            format!("must be -1 (unlimited) or at least 1, got {q}"),
+                        );
+                    }
+                }
+                for (field, v) in [
+                    ("health_check_period_s", d.health_check_period_s),
+                    ("health_check_timeout_s", d.health_check_timeout_s),
+                ] {
+                    if let Some(v) = v {
+                        positive(&mut issue, at(field), v);
+                    }
+                }
+                if let Some(v) = d.graceful_shutdown_timeout_s {
+                    non_negative(&mut issue, at("graceful_shutdown_timeout_s"), v);
+                }
+                if let Some(a) = &d.autoscaling_config {
+                    let at = |field: &str| {
+                        format!("applications[{i}].deployments[{k}].autoscaling_config.{field}")
+                    };
+                    if d.num_replicas.is_some() {
+                        issue(
+                            format!("applications[{i}].deployments[{k}].num_replicas"),
+                            "cannot be set together with autoscaling_config; set \
+                             autoscaling_config.initial_replicas instead"
+                                .into(),
+                        );
+                    }
+                    if a.max_replicas == 0 {
+                        issue(at("max_replicas"), "must be at least 1, got 0".into());
+                    }
+                    if a.min_replicas > a.max_replicas {
+                        issue(
+                            at("min_replicas"),
+                            format!(
+                                "must be at most max_replicas ({}), got {}",
+                                a.max_replicas, a.min_replicas
+                            ),
+                        );
+                    }
+                    if let Some(initial) = a.initial_replicas {
+                        if initial < a.min_replicas || initial > a.max_replicas {
+                            issue(
+                                at("initial_replicas"),
+                                format!(
+                                    "must be between min_replicas ({}) and max_replicas ({}), got {initial}",
+                                    a.min_replicas, a.max_replicas
+                                ),
+                            );
+                        }
+                    }
+                    positive(
+                        &mut issue,
+                        at("target_ongoing_requests"),
+                        a.target_ongoing_requests,
+                    );
+                    positive(&mut issue, at("look_back_period_s"), a.look_back_period_s);
+                    non_negative(&mut issue, at("upscale_delay_s"), a.upscale_delay_s);
+                    non_negative(&mut issue, at("downscale_delay_s"), a.downscale_delay_s);
+                }
+            }
+        }
+        issues
+    }
+}
+
+impl HttpOptionsConfig {
+    /// The options as the server takes them.
+    pub fn to_options(&self) -> crate::HttpOptions {
+        crate::HttpOptions {
+            host: self.host.clone(),
+            port: self.port,
+            request_timeout: self.request_timeout_s.map(Duration::from_secs_f64),
+            keep_alive_timeout: Duration::from_secs_f64(self.keep_alive_timeout_s),
+            root_path: self.root_path.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+impl DeploymentConfig {
+    /// `base` (the code's options) with this entry's overrides applied.
+    pub fn apply_to(&self, base: &crate::DeploymentOptions) -> crate::DeploymentOptions {
+        let mut options = base.clone();
+        if let Some(n) = self.num_replicas {
+            options.num_replicas = n;
+        }
+        if let Some(a) = &self.autoscaling_config {
+            // Until the autoscaler moves it, a deployment runs its initial size.
+            options.num_replicas = a.initial_replicas.unwrap_or(a.min_replicas).max(1);
+        }
+        if let Some(n) = self.max_ongoing_requests {
+            options.max_ongoing_requests = n;
+        }
+        if let Some(q) = self.max_queued_requests {
+            options.max_queued_requests = usize::try_from(q).ok();
+        }
+        if let Some(c) = &self.user_config {
+            options.user_config = Some(c.clone());
+        }
+        if let Some(t) = self.graceful_shutdown_timeout_s {
+            options.graceful_shutdown_timeout = Duration::from_secs_f64(t);
+        }
+        options
+    }
+}
+
+fn positive(issue: &mut impl FnMut(String, String), path: String, v: f64) {
+    if !(v.is_finite() && v > 0.0) {
+        issue(path, format!("must be a number greater than 0, got {v}"));
+    }
+}
+
+fn non_negative(issue: &mut impl FnMut(String, String), path: String, v: f64) {
+    if !(v.is_finite() && v >= 0.0) {
+        issue(path, format!("must be a number at least 0, got {v}"));
+    }
+}
+
+fn config_message(e: crate::Error) -> String {
+    match e {
+        crate::Error::Config(m) => m,
+        other => other.to_string(),
+    }
+}
+
+/// serde-saphyr's messages start with `line L column C: `; we print the location ourselves.
+fn strip_location(message: &str) -> &str {
+    let mut m = message.strip_prefix("error: ").unwrap_or(message);
+    if m.starts_with("line ") {
+        if let Some((_, rest)) = m.split_once(": ") {
+            m = rest;
+        }
+    }
+    let m = m.lines().next().unwrap_or(m);
+    match m.rfind(" at line ") {
+        Some(i) => &m[..i],
+        None => m,
+    }
+}
+
+fn parent_path(path: &str) -> &str {
+    match path.rfind(['.', '[']) {
+        Some(i) => &path[..i],
+        None => "",
+    }
+}
+
+/// The document's shape with every key's and value's location, to turn paths into lines and
+/// lines into paths.
+#[derive(Debug)]
+enum Tree {
+    Map(Vec<(Spanned<String>, Spanned<Tree>)>),
+    Seq(Vec<Spanned<Tree>>),
+    Leaf,
+}
+
+impl<'de> Deserialize<'de> for Tree {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Tree;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_i128<E>(self, _: i128) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_u128<E>(self, _: u128) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_unit<E>(self) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_none<E>(self) -> Result<Tree, E> {
+                Ok(Tree::Leaf)
+            }
+            fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Tree, D::Error> {
+                Tree::deserialize(d)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Tree, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = a.next_element()? {
+                    items.push(item);
+                }
+                Ok(Tree::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Tree, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = a.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Tree::Map(entries))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn loc(s: &serde_saphyr::Location) -> (usize, usize) {
+    (s.line() as usize, s.column() as usize)
+}
+
+/// The line and column of `path` (`a.b[2].c`), or of its nearest existing ancestor.
+fn tree_location(tree: &Spanned<Tree>, path: &str) -> Option<(usize, usize)> {
+    let mut node = tree;
+    let mut at = loc(&tree.referenced);
+    for segment in path.split('.').flat_map(|s| {
+        let (key, rest) = s.split_once('[').unwrap_or((s, ""));
+        std::iter::once(Ok(key)).chain(rest.split('[').filter(|r| !r.is_empty()).map(|r| {
+            Err(r
+                .trim_end_matches(']')
+                .parse::<usize>()
+                .unwrap_or(usize::MAX))
+        }))
+    }) {
+        match (&node.value, segment) {
+            (_, Ok("")) => {}
+            (Tree::Map(entries), Ok(key)) => match entries.iter().find(|(k, _)| k.value == key) {
+                Some((k, v)) => {
+                    at = loc(&k.referenced);
+                    node = v;
+                }
+                None => break,
+            },
+            (Tree::Seq(items), Err(i)) => match items.get(i) {
+                Some(item) => {
+                    at = loc(&item.referenced);
+                    node = item;
+                }
+                None => break,
+            },
+            _ => break,
+        }
+    }
+    Some(at)
+}
+
+/// The path of the key or value at `line:column`, if any.
+fn tree_path_at(tree: &Spanned<Tree>, line: usize, column: usize) -> Option<String> {
+    fn walk(node: &Spanned<Tree>, path: &str, target: (usize, usize)) -> Option<String> {
+        match &node.value {
+            Tree::Map(entries) => entries.iter().find_map(|(k, v)| {
+                let p = if path.is_empty() {
+                    k.value.clone()
+                } else {
+                    format!("{path}.{}", k.value)
+                };
+                if loc(&k.referenced) == target || loc(&v.referenced) == target {
+                    return Some(walk(v, &p, target).unwrap_or(p));
+                }
+                walk(v, &p, target)
+            }),
+            Tree::Seq(items) => items.iter().enumerate().find_map(|(i, item)| {
+                let p = format!("{path}[{i}]");
+                if loc(&item.referenced) == target {
+                    return Some(walk(item, &p, target).unwrap_or(p));
+                }
+                walk(item, &p, target)
+            }),
+            Tree::Leaf => None,
+        }
+    }
+    walk(tree, "", (line, column))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        ServeConfig::parse(text, "serve.yaml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn parses_ray_shaped_config_with_defaults() {
+        let c = ServeConfig::parse(
+            "http_options:\n  port: 9000\n  request_timeout_s: 1.5\napplications:\n  - name: a\n    import_path: x:app\n    args: {k: [1, 2]}\n    deployments:\n      - name: Model\n        num_replicas: 2\n        user_config: {t: 0.5}\n",
+            "serve.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.http_options.port, 9000);
+        assert_eq!(c.http_options.host, "127.0.0.1");
+        assert_eq!(c.applications[0].route_prefix.as_deref(), Some("/"));
+        assert_eq!(c.applications[0].args["k"], serde_json::json!([1, 2]));
+        assert_eq!(c.applications[0].deployments[0].num_replicas, Some(2));
+        assert_eq!(c.admin_options.port, 8265);
+        let again = ServeConfig::parse(&c.to_yaml(), "x").unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn json_is_accepted() {
+        let c = ServeConfig::parse(
+            r#"{"applications": [{"name": "a", "import_path": "x:app", "route_prefix": "/a"}]}"#,
+            "<request body>",
+        )
+        .unwrap();
+        assert_eq!(c.applications[0].route_prefix.as_deref(), Some("/a"));
+    }
+
+    #[test]
+    fn unknown_fields_name_line_and_path() {
+        assert_eq!(
+            err("applications:\n  - name: a\n    import_path: x:app\n    request_timeout_s: 3\n"),
+            "serve.yaml:4:5: applications[0].request_timeout_s: unknown field `request_timeout_s`, expected one of name, route_prefix, import_path, args, deployments"
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_missing_fields() {
+        assert_eq!(
+            err("http_options:\n  port: 70000\n"),
+            "serve.yaml:2:9: http_options.port: invalid u16"
+        );
+        assert_eq!(
+            err("applications:\n  - name: a\n    route_prefix: /a\n"),
+            "serve.yaml:3:5: applications[0]: missing field `import_path`"
+        );
+    }
+
+    #[test]
+    fn validation_errors_point_at_their_fields() {
+        let e = err("applications:\n  - name: a\n    import_path: x:app\n    deployments:\n      - name: M\n        num_replicas: 0\n  - name: a\n    route_prefix: /b/\n    import_path: x:app\n");
+        assert_eq!(
+            e,
+            "serve.yaml:6:9: applications[0].deployments[0].num_replicas: must be at least 1, got 0\n\
+             serve.yaml:7:5: applications[1].name: duplicate application name 'a' (also applications[0])\n\
+             serve.yaml:8:5: applications[1].route_prefix: route_prefix '/b/' must not end with '/' unless it is exactly '/'"
+        );
+    }
+
+    #[test]
+    fn autoscaling_bounds() {
+        let e = err("applications:\n  - name: a\n    import_path: x:app\n    deployments:\n      - name: M\n        num_replicas: 2\n        autoscaling_config:\n          min_replicas: 3\n          max_replicas: 2\n          initial_replicas: 5\n          target_ongoing_requests: 0\n");
+        assert!(e.contains("serve.yaml:6:9: applications[0].deployments[0].num_replicas: cannot be set together with autoscaling_config"), "{e}");
+        assert!(e.contains("serve.yaml:8:11: applications[0].deployments[0].autoscaling_config.min_replicas: must be at most max_replicas (2), got 3"), "{e}");
+        assert!(e.contains("autoscaling_config.initial_replicas: must be between min_replicas (3) and max_replicas (2), got 5"), "{e}");
+        assert!(
+            e.contains("target_ongoing_requests: must be a number greater than 0, got 0"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_prefixes_and_deployments_and_ranges() {
+        let e = err("http_options:\n  request_timeout_s: -1\n  root_path: serve\napplications:\n  - {name: a, import_path: x, route_prefix: /a, deployments: [{name: M}, {name: M, max_queued_requests: 0}]}\n  - {name: b, import_path: x, route_prefix: /a}\n");
+        assert!(
+            e.contains("http_options.request_timeout_s: must be a number greater than 0, got -1"),
+            "{e}"
+        );
+        assert!(
+            e.contains("http_options.root_path: must be empty or start with '/'"),
+            "{e}"
+        );
+        assert!(
+            e.contains("applications[0].deployments[1].name: duplicate deployment name 'M'"),
+            "{e}"
+        );
+        assert!(e.contains("applications[0].deployments[1].max_queued_requests: must be -1 (unlimited) or at least 1, got 0"), "{e}");
+        assert!(e.contains("serve.yaml:6:"), "{e}");
+        assert!(
+            e.contains(
+                "applications[1].route_prefix: duplicate route_prefix '/a' (also applications[0])"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_have_a_line() {
+        let e = err("applications: [\n");
+        assert!(e.starts_with("serve.yaml:1:"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_over_code_options() {
+        let base = crate::DeploymentOptions::default();
+        let d = DeploymentConfig {
+            name: "M".into(),
+            max_queued_requests: Some(-1),
+            autoscaling_config: Some(AutoscalingConfig {
+                min_replicas: 2,
+                initial_replicas: None,
+                max_replicas: 4,
+                target_ongoing_requests: 2.0,
+                look_back_period_s: 1.0,
+                upscale_delay_s: 1.0,
+                downscale_delay_s: 30.0,
+            }),
+            ..Default::default()
+        };
+        let o = d.apply_to(&base);
+        assert_eq!((o.num_replicas, o.max_queued_requests), (2, None));
+    }
+}
