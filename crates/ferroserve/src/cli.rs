@@ -175,9 +175,8 @@ fn run(
     admin_port: Option<u16>,
     registry: Registry,
 ) -> Result<(), Failure> {
-    let config = ServeConfig::from_file(&path).map_err(|e| e.to_string())?;
-    crate::serve::init_logging_with(&config.logging_config);
     let mut serve = Serve::from_config_file(&path, registry).map_err(|e| e.to_string())?;
+    crate::serve::init_logging_with(serve.logging_config().unwrap_or(&Default::default()));
     if let Some(host) = host {
         serve = serve.host(host);
     }
@@ -185,7 +184,7 @@ fn run(
         serve = serve.port(port);
     }
     if let Some(port) = admin_port {
-        serve = serve.admin(config.admin_options.host.clone(), port);
+        serve = serve.admin_port(port);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

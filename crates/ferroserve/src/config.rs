@@ -325,6 +325,11 @@ impl std::error::Error for ConfigError {}
 impl ServeConfig {
     /// Reads and checks a config file.
     pub fn from_file(path: &std::path::Path) -> Result<ServeConfig, ConfigError> {
+        ServeConfig::read(path).map(|(config, _)| config)
+    }
+
+    /// Reads and checks a config file; returns it with its text.
+    pub(crate) fn read(path: &std::path::Path) -> Result<(ServeConfig, String), ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
@@ -335,7 +340,7 @@ impl ServeConfig {
                 message: format!("cannot read the config file: {e}"),
             }],
         })?;
-        ServeConfig::parse(&text, &file)
+        ServeConfig::parse(&text, &file).map(|config| (config, text))
     }
 
     /// Parses and checks a config (YAML or JSON). `file` names the source in errors.

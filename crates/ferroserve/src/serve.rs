@@ -94,14 +94,17 @@ impl Serve {
         path: &std::path::Path,
         registry: Registry,
     ) -> Result<Self, crate::config::ConfigError> {
-        let file = path.display().to_string();
-        let config = ServeConfig::from_file(path)?;
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let mut serve = Serve::from_config(config, file, registry);
+        let (config, text) = ServeConfig::read(path)?;
+        let mut serve = Serve::from_config(config, path.display().to_string(), registry);
         if let Some((_, _, source)) = &mut serve.config {
             *source = text;
         }
         Ok(serve)
+    }
+
+    /// The `logging_config` of the config this server was made from, if any.
+    pub fn logging_config(&self) -> Option<&crate::config::LoggingConfig> {
+        self.config.as_ref().map(|(c, _, _)| &c.logging_config)
     }
 
     /// A server for a parsed config (see [`Serve::from_config_file`]); `file` names it in
@@ -165,6 +168,16 @@ impl Serve {
     /// ephemeral port), with `registry` resolving the `import_path`s of deployed configs.
     pub fn admin(mut self, host: impl Into<String>, port: u16) -> Self {
         self.admin = Some((host.into(), port));
+        self
+    }
+
+    /// Moves the admin API to `port` on its configured host (127.0.0.1 unless set).
+    pub fn admin_port(mut self, port: u16) -> Self {
+        let host = self
+            .admin
+            .take()
+            .map_or_else(|| "127.0.0.1".to_owned(), |(h, _)| h);
+        self.admin = Some((host, port));
         self
     }
 
