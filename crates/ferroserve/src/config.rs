@@ -588,8 +588,13 @@ impl DeploymentConfig {
             options.num_replicas = n;
         }
         if let Some(a) = &self.autoscaling_config {
-            // Until the autoscaler moves it, a deployment runs its initial size.
-            options.num_replicas = a.initial_replicas.unwrap_or(a.min_replicas).max(1);
+            options.autoscaling = Some(a.to_options());
+        }
+        if let Some(t) = self.health_check_period_s {
+            options.health_check_period = Duration::from_secs_f64(t);
+        }
+        if let Some(t) = self.health_check_timeout_s {
+            options.health_check_timeout = Duration::from_secs_f64(t);
         }
         if let Some(n) = self.max_ongoing_requests {
             options.max_ongoing_requests = n;
@@ -604,6 +609,35 @@ impl DeploymentConfig {
             options.graceful_shutdown_timeout = Duration::from_secs_f64(t);
         }
         options
+    }
+}
+
+impl From<&crate::autoscaling::AutoscalingOptions> for AutoscalingConfig {
+    fn from(o: &crate::autoscaling::AutoscalingOptions) -> Self {
+        AutoscalingConfig {
+            min_replicas: o.min_replicas,
+            initial_replicas: o.initial_replicas,
+            max_replicas: o.max_replicas,
+            target_ongoing_requests: o.target_ongoing_requests,
+            look_back_period_s: o.look_back_period.as_secs_f64(),
+            upscale_delay_s: o.upscale_delay.as_secs_f64(),
+            downscale_delay_s: o.downscale_delay.as_secs_f64(),
+        }
+    }
+}
+
+impl AutoscalingConfig {
+    /// The options as a deployment takes them.
+    pub fn to_options(&self) -> crate::autoscaling::AutoscalingOptions {
+        crate::autoscaling::AutoscalingOptions {
+            min_replicas: self.min_replicas,
+            max_replicas: self.max_replicas,
+            initial_replicas: self.initial_replicas,
+            target_ongoing_requests: self.target_ongoing_requests,
+            look_back_period: Duration::from_secs_f64(self.look_back_period_s),
+            upscale_delay: Duration::from_secs_f64(self.upscale_delay_s),
+            downscale_delay: Duration::from_secs_f64(self.downscale_delay_s),
+        }
     }
 }
 
@@ -913,6 +947,9 @@ mod tests {
             ..Default::default()
         };
         let o = d.apply_to(&base);
-        assert_eq!((o.num_replicas, o.max_queued_requests), (2, None));
+        assert_eq!((o.initial_replicas(), o.max_queued_requests), (2, None));
+        let a = o.autoscaling.expect("autoscaling applied");
+        assert_eq!((a.min_replicas, a.max_replicas), (2, 4));
+        assert_eq!(a.downscale_delay, Duration::from_secs(30));
     }
 }

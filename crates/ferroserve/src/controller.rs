@@ -23,7 +23,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::app::Application;
-use crate::config::{AppConfig, ConfigError, ConfigIssue, DeploymentConfig, ServeConfig};
+use crate::config::{
+    AppConfig, AutoscalingConfig, ConfigError, ConfigIssue, DeploymentConfig, ServeConfig,
+};
 use crate::deployment::{DeploymentOptions, NodeRef, ReplicaInfo, ReplicaState};
 use crate::error::Error;
 use crate::ingress::HttpEndpoint;
@@ -344,7 +346,11 @@ impl Controller {
                 for node in &nodes {
                     let old = old_nodes.iter().find(|o| o.0.name() == node.0.name());
                     let result = match old {
-                        Some(old) if node.0.adopt(old) => node.0.clone().roll().await,
+                        Some(old) if node.0.adopt(old) => {
+                            // One supervisor per router: the new version's, once it runs.
+                            old.0.halt();
+                            node.0.clone().roll().await
+                        }
                         _ => node.0.clone().start().await,
                     };
                     if let Err(e) = result {
@@ -356,6 +362,11 @@ impl Controller {
                 if let Some(e) = failure {
                     // Keep the previous version (if any) serving; drop what was started anew.
                     self.drain_nodes(&done, &old_nodes).await;
+                    for old in &old_nodes {
+                        if !done.iter().any(|d| old.0.shares_router(d)) {
+                            old.0.clone().supervise();
+                        }
+                    }
                     if let Some(rec) = self.apps().iter_mut().find(|a| a.name == name) {
                         rec.last_deployed_time_s = now_s();
                         rec.config = Some(cfg.clone());
@@ -391,6 +402,7 @@ impl Controller {
     async fn drain_nodes(&self, nodes: &[NodeRef], keep: &[NodeRef]) {
         for node in nodes.iter().rev() {
             if keep.iter().any(|k| node.0.shares_router(k)) {
+                node.0.halt();
                 continue;
             }
             node.0.stop();
@@ -446,9 +458,20 @@ impl Controller {
                     .iter()
                     .filter(|r| r.state == ReplicaState::Running)
                     .count();
+                let target = node.0.target();
+                let message = node.0.message();
                 let status = if app.status == AppStatus::Deploying {
                     "UPDATING"
-                } else if running >= options.num_replicas {
+                } else if running == target && message.is_empty() {
+                    "HEALTHY"
+                } else if options.autoscaling.is_some() && message.is_empty() {
+                    // The autoscaler moved the target; replicas are on their way.
+                    if running < target {
+                        "UPSCALING"
+                    } else {
+                        "DOWNSCALING"
+                    }
+                } else if running >= target {
                     "HEALTHY"
                 } else {
                     short = true;
@@ -457,7 +480,8 @@ impl Controller {
                 let detail = DeploymentStatus {
                     name: node.0.name().to_owned(),
                     status,
-                    message: String::new(),
+                    message,
+                    target_num_replicas: target,
                     deployment_config: DeploymentConfigView::from(&options),
                     replica_states: count_states(&replicas),
                     replicas,
@@ -528,6 +552,8 @@ struct DeploymentStatus {
     name: String,
     status: &'static str,
     message: String,
+    /// The replicas it should run now (the autoscaler moves it).
+    target_num_replicas: usize,
     deployment_config: DeploymentConfigView,
     replica_states: Map<String, Value>,
     replicas: Vec<ReplicaInfo>,
@@ -536,22 +562,29 @@ struct DeploymentStatus {
 #[derive(Serialize)]
 struct DeploymentConfigView {
     num_replicas: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    autoscaling_config: Option<crate::config::AutoscalingConfig>,
     max_ongoing_requests: usize,
     max_queued_requests: i64,
     user_config: Option<Value>,
     graceful_shutdown_timeout_s: f64,
+    health_check_period_s: f64,
+    health_check_timeout_s: f64,
 }
 
 impl From<&DeploymentOptions> for DeploymentConfigView {
     fn from(o: &DeploymentOptions) -> Self {
         DeploymentConfigView {
-            num_replicas: o.num_replicas,
+            num_replicas: o.initial_replicas(),
+            autoscaling_config: o.autoscaling.as_ref().map(AutoscalingConfig::from),
             max_ongoing_requests: o.max_ongoing_requests,
             max_queued_requests: o
                 .max_queued_requests
                 .map_or(-1, |q| i64::try_from(q).unwrap_or(i64::MAX)),
             user_config: o.user_config.clone(),
             graceful_shutdown_timeout_s: o.graceful_shutdown_timeout.as_secs_f64(),
+            health_check_period_s: o.health_check_period.as_secs_f64(),
+            health_check_timeout_s: o.health_check_timeout.as_secs_f64(),
         }
     }
 }

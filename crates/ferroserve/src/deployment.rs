@@ -25,21 +25,33 @@ use futures_util::future::{BoxFuture, FutureExt};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::autoscaling::AutoscalingOptions;
 use crate::error::{BoxError, Error};
 use crate::handle::DeploymentHandle;
+use crate::health::HealthCheck;
 use crate::router::{Replica, Router};
+
+mod supervisor;
 
 /// The default `max_ongoing_requests`. Ray's is 5, sized for Python replicas that block; an
 /// async Rust replica interleaves many requests, so ferroserve allows 100 per replica.
 pub const DEFAULT_MAX_ONGOING_REQUESTS: usize = 100;
 
+/// Attempts to construct one replica before its deployment fails (100 ms after the first
+/// failure, then 200 ms, doubling). A replica replaced at run time keeps being retried by the
+/// controller, up to every 30 s, and the deployment is `UNHEALTHY` meanwhile.
+pub const CONSTRUCTOR_ATTEMPTS: u32 = 3;
+
 /// Per-deployment options (Ray's `@serve.deployment(...)` arguments). A config file's
 /// `deployments[]` entries override them by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct DeploymentOptions {
-    /// Replicas to run (at least 1). Default 1.
+    /// Replicas to run (at least 1). Default 1. Ignored when `autoscaling` is set.
     pub num_replicas: usize,
+    /// Scale the number of replicas with the load (see [`crate::autoscaling`]). `None` (the
+    /// default) runs `num_replicas`.
+    pub autoscaling: Option<AutoscalingOptions>,
     /// Requests one replica runs at once, strictly (at least 1). Default
     /// [`DEFAULT_MAX_ONGOING_REQUESTS`].
     pub max_ongoing_requests: usize,
@@ -53,16 +65,23 @@ pub struct DeploymentOptions {
     /// in-flight requests before ferroserve stops waiting for it. Default 20 s. The instance is
     /// dropped when its last request ends either way; nothing in flight is cut.
     pub graceful_shutdown_timeout: Duration,
+    /// How often each replica's health is checked (see [`crate::health`]). Default 10 s.
+    pub health_check_period: Duration,
+    /// How long a health check may take before it counts as failed. Default 30 s.
+    pub health_check_timeout: Duration,
 }
 
 impl Default for DeploymentOptions {
     fn default() -> Self {
         DeploymentOptions {
             num_replicas: 1,
+            autoscaling: None,
             max_ongoing_requests: DEFAULT_MAX_ONGOING_REQUESTS,
             max_queued_requests: None,
             user_config: None,
             graceful_shutdown_timeout: Duration::from_secs(20),
+            health_check_period: Duration::from_secs(10),
+            health_check_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -72,10 +91,26 @@ impl DeploymentOptions {
         if name.is_empty() {
             return Err(Error::Config("deployment name must not be empty".into()));
         }
-        if self.num_replicas == 0 {
+        if let Some(autoscaling) = &self.autoscaling {
+            if let Some(problem) = autoscaling.problems().into_iter().next() {
+                return Err(Error::Config(format!(
+                    "deployment '{name}': autoscaling: {problem}"
+                )));
+            }
+        } else if self.num_replicas == 0 {
             return Err(Error::Config(format!(
                 "deployment '{name}': num_replicas must be at least 1, got 0"
             )));
+        }
+        for (field, value) in [
+            ("health_check_period", self.health_check_period),
+            ("health_check_timeout", self.health_check_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::Config(format!(
+                    "deployment '{name}': {field} must be greater than 0"
+                )));
+            }
         }
         if self.max_ongoing_requests == 0 {
             return Err(Error::Config(format!(
@@ -83,6 +118,14 @@ impl DeploymentOptions {
             )));
         }
         Ok(())
+    }
+
+    /// The replicas a deployment starts with: `num_replicas`, or the autoscaler's initial size.
+    pub fn initial_replicas(&self) -> usize {
+        match &self.autoscaling {
+            Some(a) => a.initial(),
+            None => self.num_replicas,
+        }
     }
 }
 
@@ -128,8 +171,9 @@ impl Deployment<NoDeps> {
         self.bind_async(move || std::future::ready(Ok::<T, BoxError>(ctor())))
     }
 
-    /// Binds an async, fallible constructor. An error (or panic) fails the application's start-up
-    /// with [`Error::Startup`] naming this deployment.
+    /// Binds an async, fallible constructor. An error (or panic) is retried, up to
+    /// [`CONSTRUCTOR_ATTEMPTS`] attempts with a growing pause, and then fails the deployment with
+    /// [`Error::Startup`] naming it and giving the last error.
     pub fn bind_async<T, F, Fut, E>(self, ctor: F) -> BoundDeployment<T>
     where
         T: Send + Sync + 'static,
@@ -196,6 +240,25 @@ impl<D> Deployment<D> {
     /// Sets the number of replicas (at least 1).
     pub fn num_replicas(mut self, n: usize) -> Self {
         self.options.num_replicas = n;
+        self
+    }
+
+    /// Scales the number of replicas with the load, within the options' bounds (see
+    /// [`crate::autoscaling`]); `num_replicas` is then ignored.
+    pub fn autoscaling(mut self, options: AutoscalingOptions) -> Self {
+        self.options.autoscaling = Some(options);
+        self
+    }
+
+    /// Sets how often each replica's health is checked (see [`crate::health`]).
+    pub fn health_check_period(mut self, period: Duration) -> Self {
+        self.options.health_check_period = period;
+        self
+    }
+
+    /// Sets how long a health check may take before it counts as failed.
+    pub fn health_check_timeout(mut self, timeout: Duration) -> Self {
+        self.options.health_check_timeout = timeout;
         self
     }
 
@@ -324,7 +387,9 @@ impl<T: Send + Sync + 'static> BoundDeployment<T> {
                 ctor,
                 router: ArcSwap::new(router),
                 reconfigure: OnceLock::new(),
+                health: OnceLock::new(),
                 started: tokio::sync::OnceCell::new(),
+                supervision: supervisor::Supervision::default(),
             }),
         }
     }
@@ -344,6 +409,18 @@ impl<T: Send + Sync + 'static> BoundDeployment<T> {
             }),
             check: check_config::<T::Config>,
         });
+        self
+    }
+
+    /// Makes the controller check the replicas' health through [`HealthCheck`] (see
+    /// [`crate::health`]).
+    pub fn health_checked(self) -> Self
+    where
+        T: HealthCheck,
+    {
+        let _ = self.node.health.set(Arc::new(|instance: Arc<T>| {
+            async move { instance.check_health().await }.boxed()
+        }));
         self
     }
 
@@ -381,8 +458,12 @@ struct Node<T: Send + Sync + 'static> {
     ctor: Ctor<T>,
     router: ArcSwap<Router<T>>,
     reconfigure: OnceLock<Reconfigurer<T>>,
+    health: OnceLock<HealthFn<T>>,
     started: tokio::sync::OnceCell<()>,
+    supervision: supervisor::Supervision,
 }
+
+type HealthFn<T> = Arc<dyn Fn(Arc<T>) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
 
 /// The state of one replica, as `status` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -421,7 +502,8 @@ pub(crate) trait AnyNode: Send + Sync {
     /// Sets the options before start (config overrides). Fails for a `user_config` the instance
     /// type cannot take.
     fn configure(&self, options: DeploymentOptions) -> Result<(), Error>;
-    /// Starts the dependencies, then this deployment's replicas. Idempotent.
+    /// Starts the dependencies, then this deployment's replicas, then its supervisor (health
+    /// checks, autoscaling, replacing lost replicas). Idempotent.
     fn start(self: Arc<Self>) -> BoxFuture<'static, Result<(), Error>>;
     /// Takes over `old`'s router if it is the same deployment type, so that handles and traffic
     /// of both versions meet in one place. Must be called before [`AnyNode::start`].
@@ -430,15 +512,23 @@ pub(crate) trait AnyNode: Send + Sync {
     /// the target at a time, each batch running before the matching old replicas drain.
     fn roll(self: Arc<Self>) -> BoxFuture<'static, Result<(), Error>>;
     /// Applies new options to a running deployment without restarting it: limits at once,
-    /// `user_config` to every replica, replicas added or drained to reach `num_replicas`.
+    /// `user_config` to every replica, replicas added or drained to reach the target.
     fn update(self: Arc<Self>, options: DeploymentOptions)
         -> BoxFuture<'static, Result<(), Error>>;
-    /// Stops routing to the replicas and drops them (each instance drops when its last request
-    /// finishes).
+    /// Starts the supervisor if it is not running.
+    fn supervise(self: Arc<Self>);
+    /// Stops the supervisor (the replicas keep serving).
+    fn halt(&self);
+    /// Stops the supervisor, stops routing to the replicas and drops them (each instance drops
+    /// when its last request finishes).
     fn stop(&self);
     /// Whether both nodes route through the same router.
     fn shares_router(&self, other: &NodeRef) -> bool;
     fn replicas(&self) -> Vec<ReplicaInfo>;
+    /// The replicas the deployment should run now (the autoscaler moves it).
+    fn target(&self) -> usize;
+    /// What went wrong last, while the deployment is short of its target.
+    fn message(&self) -> String;
 }
 
 /// A reference to a node of the application graph (opaque).
@@ -472,7 +562,7 @@ impl<T: Send + Sync + 'static> Node<T> {
         }
     }
 
-    /// Builds one replica: constructor, then `user_config`. Not routed to yet.
+    /// Builds one replica: constructor, then `user_config`. Not routed to yet. One attempt.
     async fn build_replica(&self, router: &Router<T>) -> Result<Arc<Replica<T>>, Error> {
         let id = format!("{}#{}", self.name, router.next_replica_id());
         let _starting = router.starting();
@@ -485,6 +575,35 @@ impl<T: Send + Sync + 'static> Node<T> {
             self.reconfigure_one(&replica, config).await?;
         }
         Ok(replica)
+    }
+
+    /// [`Node::build_replica`], retried up to [`CONSTRUCTOR_ATTEMPTS`] times with a pause that
+    /// doubles from 100 ms. The error names the attempts.
+    async fn build_replica_retrying(&self, router: &Router<T>) -> Result<Arc<Replica<T>>, Error> {
+        let mut pause = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match self.build_replica(router).await {
+                Ok(replica) => return Ok(replica),
+                Err(e) if attempt < CONSTRUCTOR_ATTEMPTS => {
+                    tracing::warn!(
+                        deployment = %self.name,
+                        attempt,
+                        "replica failed to start, retrying in {pause:?}: {e}"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                Err(Error::Startup { deployment, source }) => {
+                    return Err(Error::Startup {
+                        deployment,
+                        source: format!("{source} (gave up after {attempt} attempts)").into(),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn reconfigure_one(&self, replica: &Replica<T>, config: Value) -> Result<(), Error> {
@@ -508,14 +627,45 @@ impl<T: Send + Sync + 'static> Node<T> {
         ))
     }
 
-    /// Builds `n` replicas and routes to each as soon as it is ready.
+    /// Builds `n` replicas (each retried) and routes to each as soon as it is ready.
     async fn add_replicas(&self, n: usize) -> Result<(), Error> {
         let router = self.router.load_full();
         for _ in 0..n {
-            let replica = self.build_replica(&router).await?;
+            let replica = self.build_replica_retrying(&router).await?;
             router.add_replica(replica);
         }
         Ok(())
+    }
+
+    /// Brings the routed replicas to the target: adds missing ones (each retried), or retires
+    /// the idlest extra ones and lets them drain in the background. The caller holds the
+    /// supervision's operation lock.
+    async fn reconcile(&self, retry: bool) -> Result<(), Error> {
+        let router = self.router.load_full();
+        loop {
+            let target = self.supervision.target();
+            let running = router.num_replicas();
+            if running < target {
+                let replica = if retry {
+                    self.build_replica_retrying(&router).await?
+                } else {
+                    self.build_replica(&router).await?
+                };
+                router.add_replica(replica);
+            } else {
+                if running > target {
+                    let mut replicas = router.replicas().to_vec();
+                    // Idle replicas go first.
+                    replicas.sort_by_key(|r| r.in_flight());
+                    replicas.truncate(running - target);
+                    router.retire(&replicas);
+                    let timeout = self.current().graceful_shutdown_timeout;
+                    let router = router.clone();
+                    tokio::spawn(async move { router.wait_retired(&replicas, timeout).await });
+                }
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -571,13 +721,16 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
                     for dep in &self.deps {
                         dep.0.clone().start().await?;
                     }
-                    if let Err(e) = self.add_replicas(options.num_replicas).await {
+                    let initial = options.initial_replicas();
+                    self.supervision.set_target(initial);
+                    if let Err(e) = self.add_replicas(initial).await {
                         self.stop();
                         return Err(e);
                     }
+                    self.clone().supervise();
                     tracing::info!(
                         deployment = %self.name,
-                        replicas = options.num_replicas,
+                        replicas = initial,
                         "deployment running"
                     );
                     Ok(())
@@ -604,7 +757,12 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
                     self.configure(options.clone())?;
                     let router = self.router.load_full();
                     let mut old: Vec<_> = router.replicas().to_vec();
-                    let target = options.num_replicas;
+                    let target = match &options.autoscaling {
+                        // Keep the size the autoscaler reached, within the new bounds.
+                        Some(a) => a.clamp(old.len()),
+                        None => options.num_replicas,
+                    };
+                    self.supervision.set_target(target);
                     let step = target.div_ceil(5).max(1);
                     let mut added = 0;
                     while added < target || !old.is_empty() {
@@ -624,6 +782,7 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
                         let retire: Vec<_> = old.drain(..step.min(old.len())).collect();
                         router.drain(&retire, options.graceful_shutdown_timeout).await;
                     }
+                    self.clone().supervise();
                     tracing::info!(deployment = %self.name, replicas = target, "deployment updated");
                     Ok(())
                 })
@@ -638,6 +797,7 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
         options: DeploymentOptions,
     ) -> BoxFuture<'static, Result<(), Error>> {
         async move {
+            let _ops = self.supervision.lock_ops().await;
             let before = self.current();
             self.configure(options.clone())?;
             let router = self.router.load_full();
@@ -648,23 +808,29 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
                     }
                 }
             }
-            let running = router.num_replicas();
-            if options.num_replicas > running {
-                self.add_replicas(options.num_replicas - running).await?;
-            } else if options.num_replicas < running {
-                let mut replicas = router.replicas().to_vec();
-                // Idle replicas go first.
-                replicas.sort_by_key(|r| r.in_flight());
-                replicas.truncate(running - options.num_replicas);
-                router.drain(&replicas, options.graceful_shutdown_timeout).await;
-            }
-            tracing::info!(deployment = %self.name, replicas = options.num_replicas, "deployment reconfigured");
+            let target = match &options.autoscaling {
+                // Keep the size the autoscaler reached, within the new bounds.
+                Some(a) => a.clamp(self.supervision.target()),
+                None => options.num_replicas,
+            };
+            self.supervision.set_target(target);
+            self.reconcile(true).await?;
+            tracing::info!(deployment = %self.name, replicas = target, "deployment reconfigured");
             Ok(())
         }
         .boxed()
     }
 
+    fn supervise(self: Arc<Self>) {
+        supervisor::spawn(&self);
+    }
+
+    fn halt(&self) {
+        self.supervision.halt();
+    }
+
     fn stop(&self) {
+        self.halt();
         self.router.load().set_replicas(Vec::new());
         tracing::info!(deployment = %self.name, "deployment stopped");
     }
@@ -679,6 +845,14 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
 
     fn replicas(&self) -> Vec<ReplicaInfo> {
         self.router.load().replica_infos()
+    }
+
+    fn target(&self) -> usize {
+        self.supervision.target()
+    }
+
+    fn message(&self) -> String {
+        self.supervision.message()
     }
 }
 

@@ -44,12 +44,15 @@
 //! | `import_path` | [`registry`] |
 //! | `serve run/deploy/status/config/build/shutdown` | [`cli`] |
 //! | applying configs, rolling updates, status | `controller` (internal) |
+//! | `autoscaling_config` | [`autoscaling`] |
+//! | `check_health(self)`, replica replacement | [`health`], `deployment::supervisor` (internal) |
 //! | the REST API (`/api/serve/applications/`) | `admin` (internal) |
 
 pub mod adapters;
 mod admin;
 pub mod api;
 pub mod app;
+pub mod autoscaling;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -58,6 +61,7 @@ pub mod dag;
 pub mod deployment;
 pub mod error;
 pub mod handle;
+pub mod health;
 pub mod ingress;
 #[cfg(feature = "onnx")]
 pub mod onnx;
@@ -74,6 +78,7 @@ pub use controller::AppStatus;
 pub use deployment::{BoundDeployment, Deployment, DeploymentOptions, Reconfigure};
 pub use error::{BoxError, Error, Fault, HandlerError};
 pub use handle::{DeploymentHandle, Handles};
+pub use health::HealthCheck;
 pub use ingress::{Ingress, QueryParams, Request};
 pub use serve::{init_logging, run, HttpOptions, Serve, Server};
 pub use stream::{HandlesStream, StreamingResponse};

@@ -76,6 +76,8 @@ pub(crate) struct Router<T> {
     next_id: AtomicUsize,
     starting: AtomicUsize,
     stopping: Mutex<Vec<Arc<Replica<T>>>>,
+    /// Signalled when a request queues while no replica runs.
+    demand: tokio::sync::Notify,
 }
 
 impl<T: Send + Sync + 'static> Router<T> {
@@ -93,6 +95,7 @@ impl<T: Send + Sync + 'static> Router<T> {
             next_id: AtomicUsize::new(0),
             starting: AtomicUsize::new(0),
             stopping: Mutex::new(Vec::new()),
+            demand: tokio::sync::Notify::new(),
         }
     }
 
@@ -118,6 +121,13 @@ impl<T: Send + Sync + 'static> Router<T> {
     /// are done. Each instance is dropped when its last request ends, whether or not the wait
     /// timed out.
     pub(crate) async fn drain(&self, retire: &[Arc<Replica<T>>], timeout: std::time::Duration) {
+        self.retire(retire);
+        self.wait_retired(retire, timeout).await;
+    }
+
+    /// Stops routing to `retire` at once; they show as stopping until
+    /// [`Router::wait_retired`] is done with them.
+    pub(crate) fn retire(&self, retire: &[Arc<Replica<T>>]) {
         if retire.is_empty() {
             return;
         }
@@ -129,6 +139,17 @@ impl<T: Send + Sync + 'static> Router<T> {
             .collect();
         self.replicas.store(Arc::new(keep));
         self.stopping_list().extend(retire.iter().cloned());
+    }
+
+    /// Waits (up to `timeout`) until retired replicas have finished their in-flight requests.
+    pub(crate) async fn wait_retired(
+        &self,
+        retire: &[Arc<Replica<T>>],
+        timeout: std::time::Duration,
+    ) {
+        if retire.is_empty() {
+            return;
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         // A controller-side poll, off the request path: the replica count is small and a 10 ms
         // granularity is far below any drain timeout.
@@ -143,6 +164,12 @@ impl<T: Send + Sync + 'static> Router<T> {
         for r in retire {
             tracing::info!(replica = %r.id, "replica stopped");
         }
+    }
+
+    /// Completes when a request has queued while no replica runs (the autoscaler starts one).
+    /// A signal sent while nobody waits is kept for the next call.
+    pub(crate) async fn demand(&self) {
+        self.demand.notified().await;
     }
 
     fn stopping_list(&self) -> MutexGuard<'_, Vec<Arc<Replica<T>>>> {
@@ -316,6 +343,9 @@ impl<T: Send + Sync + 'static> Router<T> {
         self.queued.fetch_add(1, SeqCst);
         self.dispatch(&mut queue);
         drop(queue);
+        if self.replicas.load().is_empty() {
+            self.demand.notify_one();
+        }
         Acquire::Waiting(Waiter {
             router: self.clone(),
             seq,

@@ -39,7 +39,7 @@ async fn a_failing_constructor_fails_start_up_naming_the_deployment() {
     assert!(matches!(err, Error::Startup { .. }));
     assert_eq!(
         err.to_string(),
-        "deployment 'Model' failed to start: weights file missing"
+        "deployment 'Model' failed to start: weights file missing (gave up after 3 attempts)"
     );
 }
 
@@ -49,7 +49,7 @@ async fn a_panicking_constructor_is_a_start_up_error_not_a_crash() {
     let err = start_err(Serve::new().app(app)).await;
     assert_eq!(
         err.to_string(),
-        "deployment 'Hello' failed to start: panicked: boom in constructor"
+        "deployment 'Hello' failed to start: panicked: boom in constructor (gave up after 3 attempts)"
     );
 }
 
