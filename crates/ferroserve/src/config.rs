@@ -944,9 +944,13 @@ mod tests {
                 upscale_delay_s: 1.0,
                 downscale_delay_s: 30.0,
             }),
+            health_check_period_s: Some(2.5),
+            health_check_timeout_s: Some(1.0),
             ..Default::default()
         };
         let o = d.apply_to(&base);
+        assert_eq!(o.health_check_period, Duration::from_millis(2500));
+        assert_eq!(o.health_check_timeout, Duration::from_secs(1));
         assert_eq!((o.initial_replicas(), o.max_queued_requests), (2, None));
         let a = o.autoscaling.expect("autoscaling applied");
         assert_eq!((a.min_replicas, a.max_replicas), (2, 4));

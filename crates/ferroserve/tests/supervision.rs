@@ -339,6 +339,10 @@ async fn a_constructor_that_fails_twice_is_retried_and_the_app_runs() {
         .await
         .unwrap();
     assert_eq!(status["applications"]["flaky"]["status"], "RUNNING");
+    let deployment = &status["applications"]["flaky"]["deployments"]["Flaky"];
+    assert_eq!(deployment["status"], "HEALTHY");
+    assert_eq!(deployment["target_num_replicas"], 1);
+    assert_eq!(deployment["replica_states"]["RUNNING"], 1);
     let body = client()
         .get(format!("{base}/flaky"))
         .send()
