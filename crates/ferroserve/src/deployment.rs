@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -577,15 +578,19 @@ impl<T: Send + Sync + 'static> Node<T> {
         Ok(replica)
     }
 
-    /// [`Node::build_replica`], retried up to [`CONSTRUCTOR_ATTEMPTS`] times with a pause that
-    /// doubles from 100 ms. The error names the attempts.
-    async fn build_replica_retrying(&self, router: &Router<T>) -> Result<Arc<Replica<T>>, Error> {
+    /// [`Node::build_replica`], tried up to `attempts` times with a pause that doubles from
+    /// 100 ms. The error names the attempts when there were several.
+    async fn build_replica_retrying(
+        &self,
+        router: &Router<T>,
+        attempts: u32,
+    ) -> Result<Arc<Replica<T>>, Error> {
         let mut pause = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
             match self.build_replica(router).await {
                 Ok(replica) => return Ok(replica),
-                Err(e) if attempt < CONSTRUCTOR_ATTEMPTS => {
+                Err(e) if attempt < attempts => {
                     tracing::warn!(
                         deployment = %self.name,
                         attempt,
@@ -595,7 +600,7 @@ impl<T: Send + Sync + 'static> Node<T> {
                     pause *= 2;
                     attempt += 1;
                 }
-                Err(Error::Startup { deployment, source }) => {
+                Err(Error::Startup { deployment, source }) if attempts > 1 => {
                     return Err(Error::Startup {
                         deployment,
                         source: format!("{source} (gave up after {attempt} attempts)").into(),
@@ -627,31 +632,36 @@ impl<T: Send + Sync + 'static> Node<T> {
         ))
     }
 
-    /// Builds `n` replicas (each retried) and routes to each as soon as it is ready.
-    async fn add_replicas(&self, n: usize) -> Result<(), Error> {
+    /// Builds `n` replicas at once (each tried up to `attempts` times) and routes to each as
+    /// soon as it is ready. On failure the others still join; the first error is returned.
+    async fn add_replicas(&self, n: usize, attempts: u32) -> Result<(), Error> {
         let router = self.router.load_full();
-        for _ in 0..n {
-            let replica = self.build_replica_retrying(&router).await?;
-            router.add_replica(replica);
+        let mut builds: FuturesUnordered<_> = (0..n)
+            .map(|_| self.build_replica_retrying(&router, attempts))
+            .collect();
+        let mut failure = None;
+        while let Some(built) = builds.next().await {
+            match built {
+                Ok(replica) => router.add_replica(replica),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
-    /// Brings the routed replicas to the target: adds missing ones (each retried), or retires
+    /// Brings the routed replicas to the target: adds missing ones (built at once, each tried up
+    /// to `attempts` times), or retires
     /// the idlest extra ones and lets them drain in the background. The caller holds the
     /// supervision's operation lock.
-    async fn reconcile(&self, retry: bool) -> Result<(), Error> {
+    async fn reconcile(&self, attempts: u32) -> Result<(), Error> {
         let router = self.router.load_full();
         loop {
             let target = self.supervision.target();
             let running = router.num_replicas();
             if running < target {
-                let replica = if retry {
-                    self.build_replica_retrying(&router).await?
-                } else {
-                    self.build_replica(&router).await?
-                };
-                router.add_replica(replica);
+                self.add_replicas(target - running, attempts).await?;
             } else {
                 if running > target {
                     let mut replicas = router.replicas().to_vec();
@@ -723,7 +733,7 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
                     }
                     let initial = options.initial_replicas();
                     self.supervision.set_target(initial);
-                    if let Err(e) = self.add_replicas(initial).await {
+                    if let Err(e) = self.add_replicas(initial, CONSTRUCTOR_ATTEMPTS).await {
                         self.stop();
                         return Err(e);
                     }
@@ -767,7 +777,7 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
                     let mut added = 0;
                     while added < target || !old.is_empty() {
                         let add = step.min(target - added);
-                        if let Err(e) = self.add_replicas(add).await {
+                        if let Err(e) = self.add_replicas(add, CONSTRUCTOR_ATTEMPTS).await {
                             // Keep the old version serving: drain the new replicas again.
                             let new: Vec<_> = router
                                 .replicas()
@@ -814,7 +824,7 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
                 None => options.num_replicas,
             };
             self.supervision.set_target(target);
-            self.reconcile(true).await?;
+            self.reconcile(CONSTRUCTOR_ATTEMPTS).await?;
             tracing::info!(deployment = %self.name, replicas = target, "deployment reconfigured");
             Ok(())
         }

@@ -7,7 +7,7 @@
 //! 2. **checks health** (every `health_check_period`, deployments with a hook): a replica that
 //!    fails [`FAILURE_THRESHOLD`] checks in a row leaves routing, drains in the background, and
 //!    is replaced;
-//! 3. **reconciles**: builds replicas until the target runs (one constructor attempt per turn,
+//! 3. **reconciles**: builds the missing replicas at once (one constructor attempt each per turn,
 //!    retried with a pause doubling from 100 ms up to 30 s, the error kept as the deployment's
 //!    status message), or retires the idlest extra replicas.
 //!
@@ -169,7 +169,7 @@ impl<T: Send + Sync + 'static> Node<T> {
         if router.num_replicas() != self.supervision.target() && due {
             // A config update holds the lock while it scales; it reconciles itself.
             if let Ok(_ops) = self.supervision.ops.try_lock() {
-                match self.reconcile(false).await {
+                match self.reconcile(1).await {
                     Ok(()) => {
                         turn.retry_at = None;
                         turn.retry_pause = Duration::from_millis(100);
