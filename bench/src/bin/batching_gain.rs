@@ -7,7 +7,8 @@
 //!
 //! The model is an accelerator that runs one call at a time and spends 5 ms on each
 //! (`tokio::time::sleep` under a lock), so unbatched throughput is bounded near 200 calls/s and
-//! batching multiplies it by the batch size actually reached.
+//! batching multiplies it by the batch size actually reached. A second table runs the same
+//! model at zero cost, which leaves only the batcher's own cost per item to see.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,9 +20,10 @@ use ferroserve::{Deployment, DeploymentHandle, Handles, Ingress, Request, Serve}
 /// What one model call costs, whatever its batch size.
 const CALL_COST: Duration = Duration::from_millis(5);
 
-/// The accelerator: one call at a time, `CALL_COST` each.
+/// The accelerator: one call at a time, `cost` each.
 #[derive(Default)]
 struct Accelerator {
+    cost: Duration,
     busy: tokio::sync::Mutex<()>,
     calls: AtomicU64,
     items: AtomicU64,
@@ -30,7 +32,9 @@ struct Accelerator {
 impl Accelerator {
     async fn infer(&self, xs: Vec<u64>) -> Vec<u64> {
         let _busy = self.busy.lock().await;
-        tokio::time::sleep(CALL_COST).await;
+        if !self.cost.is_zero() {
+            tokio::time::sleep(self.cost).await;
+        }
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.items.fetch_add(xs.len() as u64, Ordering::Relaxed);
         xs.into_iter().map(|x| x * 2).collect()
@@ -75,8 +79,16 @@ struct Row {
     mean_batch: f64,
 }
 
-async fn measure(max_batch_size: Option<usize>, callers: usize, seconds: f64) -> Row {
-    let accelerator = Arc::new(Accelerator::default());
+async fn measure(
+    cost: Duration,
+    max_batch_size: Option<usize>,
+    callers: usize,
+    seconds: f64,
+) -> Row {
+    let accelerator = Arc::new(Accelerator {
+        cost,
+        ..Accelerator::default()
+    });
     let acc = accelerator.clone();
     let model = Deployment::new("Model").bind(move || {
         let batch = max_batch_size.map(|n| {
@@ -172,23 +184,32 @@ async fn main() {
     let callers: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(32);
     let seconds: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(3.0);
 
-    let mut rows = Vec::new();
-    for mode in [None, Some(1), Some(8), Some(16), Some(32)] {
-        rows.push(measure(mode, callers, seconds).await);
-        eprintln!("done: {}", rows.last().unwrap().mode);
+    for (cost, modes) in [
+        (CALL_COST, &[None, Some(1), Some(8), Some(16), Some(32)][..]),
+        (Duration::ZERO, &[None, Some(32)][..]),
+    ] {
+        let mut rows = Vec::new();
+        for &mode in modes {
+            rows.push(measure(cost, mode, callers, seconds).await);
+            eprintln!("done: {} ({cost:?} per call)", rows.last().unwrap().mode);
+        }
+        print_table(&rows, cost, callers, seconds);
     }
+}
+
+fn print_table(rows: &[Row], cost: Duration, callers: usize, seconds: f64) {
     let base = rows[0].throughput;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "{callers} closed-loop callers, model call cost {} ms (one call at a time), \
+        "\n{callers} closed-loop callers, model call cost {} ms (one call at a time), \
          batch_wait_timeout_s 0.01, {seconds} s per row\n",
-        CALL_COST.as_millis()
+        cost.as_millis()
     );
     println!("| mode | calls/s | gain | mean batch | p50 | p99 |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for row in &rows {
+    for row in rows {
         println!(
-            "| {} | {:.0} | {:.2}x | {:.1} | {:.1} ms | {:.1} ms |",
+            "| {} | {:.0} | {:.2}x | {:.1} | {:.3} ms | {:.3} ms |",
             row.mode,
             row.throughput,
             row.throughput / base,

@@ -53,14 +53,18 @@ impl Ingress for BatchTextGenerator {
 
     async fn call(&self, request: Request) -> Self::Output {
         let Some(text) = request.query_params().get("text").map(str::to_owned) else {
-            return Err(Error::bad_request(StatusCode::BAD_REQUEST, "missing query parameter 'text'").into());
+            return Err(Error::bad_request(
+                StatusCode::BAD_REQUEST,
+                "missing query parameter 'text'",
+            )
+            .into());
         };
         Ok(self.handle_batch.call(text).await?)
     }
 }
 
 fn main() -> Result<(), Error> {
-    ferroserve::run(Deployment::new("BatchTextGenerator").bind_async(|| async {
-        BatchTextGenerator::new()
-    }))
+    ferroserve::run(
+        Deployment::new("BatchTextGenerator").bind_async(|| async { BatchTextGenerator::new() }),
+    )
 }

@@ -726,8 +726,8 @@ struct Core<I: Send + 'static, S: Sink> {
 
 impl<I: Send + 'static, S: Sink> Core<I, S> {
     fn new(options: BatchOptions, run: Runner<I, S>) -> Self {
-        let timeout = timeout_from_secs(None, options.batch_wait_timeout_s)
-            .expect("options were validated");
+        let timeout =
+            timeout_from_secs(None, options.batch_wait_timeout_s).expect("options were validated");
         Core {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -1010,7 +1010,10 @@ mod tests {
     async fn a_timeout_of_zero_runs_whatever_waits() {
         let t0 = Instant::now();
         let (log, f) = doubler(t0);
-        let batch = BatchOptions::new().batch_wait_timeout_s(0.0).build(f).unwrap();
+        let batch = BatchOptions::new()
+            .batch_wait_timeout_s(0.0)
+            .build(f)
+            .unwrap();
         assert_eq!(batch.call(7).await.unwrap(), 14);
         assert_eq!(batches(&log), [(MS(0), vec![7])]);
     }
@@ -1159,9 +1162,14 @@ mod tests {
             .unwrap();
         let pair = || join_all([batch.call(1), batch.call(2)]);
         let texts = |out: Vec<Result<u32, BatchError>>| -> Vec<String> {
-            out.into_iter().map(|r| r.unwrap_err().to_string()).collect()
+            out.into_iter()
+                .map(|r| r.unwrap_err().to_string())
+                .collect()
         };
-        assert_eq!(texts(pair().await), ["batch function failed: model exploded"; 2]);
+        assert_eq!(
+            texts(pair().await),
+            ["batch function failed: model exploded"; 2]
+        );
         assert_eq!(texts(pair().await), ["batch function panicked: boom"; 2]);
         assert_eq!(
             texts(pair().await),
@@ -1264,8 +1272,7 @@ mod tests {
     /// three steps; reports on `done` when its stream is dropped.
     fn multiples(
         done: tokio::sync::mpsc::UnboundedSender<()>,
-    ) -> impl Fn(Vec<u32>) -> futures_util::stream::BoxStream<'static, Vec<u32>> + Send + Sync
-    {
+    ) -> impl Fn(Vec<u32>) -> futures_util::stream::BoxStream<'static, Vec<u32>> + Send + Sync {
         move |xs: Vec<u32>| {
             struct Done(tokio::sync::mpsc::UnboundedSender<()>);
             impl Drop for Done {
@@ -1330,12 +1337,17 @@ mod tests {
             .build_streaming(|xs: Vec<u32>| {
                 futures_util::stream::iter([
                     Ok(xs.clone()),
-                    if xs.len() == 2 { Ok(vec![0]) } else { Err("overheated") },
+                    if xs.len() == 2 {
+                        Ok(vec![0])
+                    } else {
+                        Err("overheated")
+                    },
                     Ok(xs),
                 ])
             })
             .unwrap();
-        let pair = join_all([batch.stream(1), batch.stream(2)].map(|s| s.collect::<Vec<_>>())).await;
+        let pair =
+            join_all([batch.stream(1), batch.stream(2)].map(|s| s.collect::<Vec<_>>())).await;
         for (x, out) in (1..=2).zip(pair) {
             assert_eq!(out.len(), 2);
             assert_eq!(out[0].as_ref().unwrap(), &x);

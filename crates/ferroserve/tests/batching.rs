@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{client, start, Example};
-use ferroserve::batch::{Batch, BatchError, BatchOptions};
+use ferroserve::batch::{Batch, BatchError, BatchOptions, StreamingBatch};
+use ferroserve::stream::StreamingResponse;
 use ferroserve::{Deployment, Error, HandlerError, Ingress, Request, Serve, StatusCode};
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 /// The batches a batch function saw, in order.
@@ -39,7 +41,11 @@ impl Ingress for Batched {
                 let _ = events.send("cancelled");
             })
         });
-        Ok(self.batch.call(text).await.map_err(BatchError::into_error)?)
+        Ok(self
+            .batch
+            .call(text)
+            .await
+            .map_err(BatchError::into_error)?)
     }
 }
 
@@ -78,7 +84,12 @@ async fn concurrent_requests_share_batches_and_get_their_own_results() {
         full_batches_of(8)
             .build(move |texts: Vec<String>| {
                 s.lock().unwrap().push(texts.clone());
-                async move { texts.into_iter().map(|t| t.to_uppercase()).collect::<Vec<_>>() }
+                async move {
+                    texts
+                        .into_iter()
+                        .map(|t| t.to_uppercase())
+                        .collect::<Vec<_>>()
+                }
             })
             .unwrap()
     }))
@@ -215,6 +226,55 @@ async fn a_wrong_length_output_fails_that_batch_and_the_next_batch_works() {
     server.shutdown().await;
 }
 
+/// Streams `GET /?text=...` through a streaming batcher.
+struct StreamingBatched {
+    batch: StreamingBatch<String, String>,
+}
+
+impl Ingress for StreamingBatched {
+    type Output = StreamingResponse;
+
+    async fn call(&self, request: Request) -> StreamingResponse {
+        let text = request
+            .query_params()
+            .get("text")
+            .unwrap_or_default()
+            .to_owned();
+        StreamingResponse::try_new(self.batch.stream(text))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_streaming_request_receives_its_own_outputs_of_a_shared_batch() {
+    let seen = Seen::default();
+    let s = seen.clone();
+    let app = Deployment::new("StreamingBatched").bind(move || {
+        let s = s.clone();
+        StreamingBatched {
+            batch: full_batches_of(3)
+                .build_streaming(move |texts: Vec<String>| {
+                    s.lock().unwrap().push(texts.clone());
+                    futures_util::stream::iter(1..=3).map(move |step| {
+                        texts
+                            .iter()
+                            .map(|t| format!("{t}-{step}\n"))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .unwrap(),
+        }
+    });
+    let (server, base) = start(Serve::new().app(app)).await;
+    let c = client();
+    let answers = join_all(["a", "b", "c"].map(|t| get(&c, &base, t))).await;
+    for (t, (status, body)) in ["a", "b", "c"].into_iter().zip(answers) {
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, format!("{t}-1\n{t}-2\n{t}-3\n"));
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_batching_example_answers_each_text_and_runs_batches_larger_than_one() {
     let ex = Example::start("batching");
@@ -229,7 +289,10 @@ async fn the_batching_example_answers_each_text_and_runs_batches_larger_than_one
         let r = c.get(format!("{}/", ex.base)).send().await.unwrap();
         (r.status().as_u16(), r.text().await.unwrap())
     };
-    assert_eq!((status, body.as_str()), (400, "missing query parameter 'text'"));
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "missing query parameter 'text'")
+    );
     let mut sizes = Vec::new();
     while sizes.iter().sum::<usize>() < texts.len() {
         let line = tokio::task::block_in_place(|| ex.next_stdout());
