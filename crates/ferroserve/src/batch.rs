@@ -58,6 +58,10 @@
 //!
 //! The batch function runs outside any request's context ([`crate::current`] is `None` there):
 //! it serves several requests at once and belongs to none of them.
+//!
+//! As in Ray, a replica only batches the requests it is given: keep the deployment's
+//! `max_ongoing_requests` (default 100) at least `max_batch_size`, or batches never fill and
+//! always wait for the timeout.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -123,9 +127,11 @@ pub enum BatchError {
 
 impl BatchError {
     /// The error to answer the request with: an [`BatchError::Item`] error that is a ferroserve
-    /// [`Error`] (for example [`Error::bad_request`]) keeps its status and message; everything
-    /// else becomes [`Error::Deployment`] (`500 Internal Server Error`, detail logged, never
-    /// sent) for the deployment serving the current request.
+    /// [`Error`] (for example [`Error::bad_request`]) keeps its status and message;
+    /// [`BatchError::Stopped`] becomes [`Error::ShuttingDown`] (`503` with `Retry-After`: the
+    /// replica is going away); everything else becomes [`Error::Deployment`]
+    /// (`500 Internal Server Error`, detail logged, never sent) for the deployment serving the
+    /// current request.
     ///
     /// `?` on a `BatchError` inside a handler returning `Result<_, HandlerError>` always gives a
     /// 500; use `.map_err(BatchError::into_error)?` to let per-item client errors through.
@@ -143,6 +149,7 @@ impl BatchError {
                     detail: other.to_string(),
                 },
             },
+            BatchError::Stopped => Error::ShuttingDown(deployment()),
             other => Error::Deployment {
                 deployment: deployment(),
                 detail: other.to_string(),
@@ -1179,6 +1186,8 @@ mod tests {
         assert_eq!(out, [1, 2]);
         let e = BatchError::Failed("x".into()).into_error();
         assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let e = BatchError::Stopped.into_error();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 
     #[tokio::test]

@@ -10,9 +10,13 @@ use std::sync::{Arc, Mutex};
 use common::{client, start, Example};
 use ferroserve::batch::{Batch, BatchError, BatchOptions, StreamingBatch};
 use ferroserve::stream::StreamingResponse;
-use ferroserve::{Deployment, Error, HandlerError, Ingress, Request, Serve, StatusCode};
+use ferroserve::{
+    BoxError, Deployment, Error, HandlerError, Ingress, Reconfigure, Request, Serve, StatusCode,
+};
 use futures_util::future::join_all;
 use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
 use tokio::sync::mpsc;
 
 /// The batches a batch function saw, in order.
@@ -186,7 +190,9 @@ async fn a_cancelled_clients_item_never_reaches_the_batch_function() {
             (StatusCode::OK, "second".to_owned())
         ]
     );
-    assert_eq!(*seen.lock().unwrap(), [vec!["first", "second"]]);
+    let mut batches = seen.lock().unwrap().clone();
+    batches.iter_mut().for_each(|batch| batch.sort());
+    assert_eq!(batches, [vec!["first", "second"]]);
     server.shutdown().await;
 }
 
@@ -224,6 +230,69 @@ async fn a_wrong_length_output_fails_that_batch_and_the_next_batch_works() {
     assert_eq!(bodies, ["d", "e", "f"]);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     server.shutdown().await;
+}
+
+/// The batching options a config file's `user_config` sets.
+#[derive(Deserialize)]
+struct BatchConfig {
+    max_batch_size: usize,
+    batch_wait_timeout_s: f64,
+}
+
+impl Reconfigure for Batched {
+    type Config = BatchConfig;
+
+    async fn reconfigure(&self, config: BatchConfig) -> Result<(), BoxError> {
+        self.batch.set_max_batch_size(config.max_batch_size)?;
+        self.batch
+            .set_batch_wait_timeout_s(config.batch_wait_timeout_s)?;
+        Ok(())
+    }
+}
+
+fn reconfigurable(user_config: serde_json::Value, seen: Seen) -> Serve {
+    let app = Deployment::new("Batched")
+        .user_config(user_config)
+        .bind(move || {
+            let s = seen.clone();
+            Batched {
+                batch: Batch::new(move |texts: Vec<String>| {
+                    s.lock().unwrap().push(texts.clone());
+                    std::future::ready(texts)
+                }),
+                events: None,
+            }
+        })
+        .reconfigurable();
+    Serve::new().app(app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_config_sets_the_batch_options_through_reconfigure() {
+    let seen = Seen::default();
+    let config = json!({"max_batch_size": 4, "batch_wait_timeout_s": 60.0});
+    let (server, base) = start(reconfigurable(config, seen.clone())).await;
+    let c = client();
+    let texts: Vec<String> = (0..8).map(|i| i.to_string()).collect();
+    let answers = join_all(texts.iter().map(|t| get(&c, &base, t))).await;
+    for (text, (status, body)) in texts.iter().zip(answers) {
+        assert_eq!((status, &body), (StatusCode::OK, text));
+    }
+    let sizes: Vec<usize> = seen.lock().unwrap().iter().map(Vec::len).collect();
+    assert_eq!(sizes, [4, 4]);
+    server.shutdown().await;
+
+    let config = json!({"max_batch_size": 0, "batch_wait_timeout_s": 0.01});
+    let err = reconfigurable(config, Seen::default())
+        .port(0)
+        .start()
+        .await
+        .expect_err("a batch size of 0 fails start-up");
+    assert!(
+        err.to_string()
+            .contains("batch: max_batch_size must be at least 1, got 0"),
+        "{err}"
+    );
 }
 
 /// Streams `GET /?text=...` through a streaming batcher.
