@@ -33,6 +33,7 @@
 //! | `DeploymentHandle`, `.remote()` | [`handle`] |
 //! | routing over replicas, `max_ongoing_requests`, `max_queued_requests` | `router` (internal) |
 //! | `__call__(self, request)` | [`ingress`] |
+//! | `@serve.batch` | [`batch`] |
 //! | `@serve.ingress(FastAPI())`, validation, `/docs` | [`api`] |
 //! | request id, timeout, cancellation, `asyncio.shield` | [`context`] |
 //! | `StreamingResponse`, SSE, `handle.options(stream=True)` | [`stream`] |
@@ -53,6 +54,7 @@ mod admin;
 pub mod api;
 pub mod app;
 pub mod autoscaling;
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod context;
@@ -73,6 +75,7 @@ pub mod stream;
 
 pub use api::Json;
 pub use app::Application;
+pub use batch::{Batch, BatchError, BatchOptions, StreamingBatch};
 pub use context::{current, on_cancel, shield, OnCancel, RequestContext};
 pub use controller::AppStatus;
 pub use deployment::{BoundDeployment, Deployment, DeploymentOptions, Reconfigure};
