@@ -38,6 +38,7 @@
 //! | `StreamingResponse`, SSE, `handle.options(stream=True)` | [`stream`] |
 //! | `@app.websocket` | [`api::WebSocketUpgrade`] |
 //! | `InputNode`, `DAGDriver` | [`dag`] |
+//! | `@serve.multiplexed`, `serve.get_multiplexed_model_id()` | [`multiplex`] |
 //! | HTTP adapters (`json_to_ndarray`, `image_to_ndarray`, ...) | [`adapters`] |
 //! | status codes and messages | [`error`] |
 //! | serve config YAML | [`config`] |
@@ -59,6 +60,7 @@ pub mod deployment;
 pub mod error;
 pub mod handle;
 pub mod ingress;
+pub mod multiplex;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 mod proxy;
@@ -75,6 +77,7 @@ pub use deployment::{BoundDeployment, Deployment, DeploymentOptions, Reconfigure
 pub use error::{BoxError, Error, Fault, HandlerError};
 pub use handle::{DeploymentHandle, Handles};
 pub use ingress::{Ingress, QueryParams, Request};
+pub use multiplex::Multiplexed;
 pub use serve::{init_logging, run, HttpOptions, Serve, Server};
 pub use stream::{HandlesStream, StreamingResponse};
 
