@@ -128,7 +128,9 @@ pub(crate) struct ModelIds {
 
 impl fmt::Debug for ModelIds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.published.load().iter()).finish()
+        f.debug_list()
+            .entries(self.published.load().iter())
+            .finish()
     }
 }
 
@@ -147,7 +149,12 @@ impl ModelIds {
 
     /// The ids held, sorted, for status reports.
     pub(crate) fn list(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.published.load().iter().map(|m| m.to_string()).collect();
+        let mut ids: Vec<String> = self
+            .published
+            .load()
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         ids
@@ -587,7 +594,11 @@ mod tests {
         assert!((&mut first).now_or_never().is_none());
         let mut second = Box::pin(models.get("m2"));
         assert!((&mut second).now_or_never().is_none());
-        assert_eq!(models.inner.lock().len(), 1, "m2 waits for m1's load to end");
+        assert_eq!(
+            models.inner.lock().len(),
+            1,
+            "m2 waits for m1's load to end"
+        );
         release.send(true).unwrap();
         assert_eq!(*first.await.unwrap(), "m1");
         assert_eq!(*second.await.unwrap(), "m2");

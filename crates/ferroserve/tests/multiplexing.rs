@@ -5,15 +5,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::{client, start};
 use ferroserve::multiplex::{self, Multiplexed};
 use ferroserve::{
-    BoundDeployment, BoxError, Deployment, DeploymentHandle, Error, HandlerError, Handles, Ingress, Json, Request,
-    Serve,
+    BoundDeployment, BoxError, Deployment, DeploymentHandle, Error, HandlerError, Handles, Ingress,
+    Json, Request, Serve,
 };
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
@@ -192,9 +192,7 @@ async fn concurrent_requests_for_one_model_load_it_once() {
         ..Probe::default()
     });
     let (_server, base) = start(inferencer(&probe, 1, 3)).await;
-    let requests: Vec<_> = (0..8)
-        .map(|_| tokio::spawn(ask(&base, "m1")))
-        .collect();
+    let requests: Vec<_> = (0..8).map(|_| tokio::spawn(ask(&base, "m1"))).collect();
     for _ in 0..8 {
         asking.recv().await.unwrap();
     }
@@ -209,8 +207,7 @@ async fn concurrent_requests_for_one_model_load_it_once() {
 }
 
 #[tokio::test]
-async fn a_failed_load_is_a_500_without_detail_for_every_waiter_and_the_next_request_loads_again()
-{
+async fn a_failed_load_is_a_500_without_detail_for_every_waiter_and_the_next_request_loads_again() {
     let gate = Arc::new(Semaphore::new(0));
     let (asking_tx, mut asking) = mpsc::unbounded_channel();
     let probe = Arc::new(Probe {
@@ -220,9 +217,7 @@ async fn a_failed_load_is_a_500_without_detail_for_every_waiter_and_the_next_req
     });
     probe.fail_next.lock().unwrap().insert("m1".into());
     let (_server, base) = start(inferencer(&probe, 1, 3)).await;
-    let requests: Vec<_> = (0..3)
-        .map(|_| tokio::spawn(ask(&base, "m1")))
-        .collect();
+    let requests: Vec<_> = (0..3).map(|_| tokio::spawn(ask(&base, "m1"))).collect();
     for _ in 0..3 {
         asking.recv().await.unwrap();
     }
@@ -265,7 +260,9 @@ async fn held_models(admin: &str) -> Vec<(String, Value)> {
         .map(|r| {
             (
                 r["replica_id"].as_str().unwrap().to_owned(),
-                r.get("multiplexed_model_ids").cloned().unwrap_or(Value::Null),
+                r.get("multiplexed_model_ids")
+                    .cloned()
+                    .unwrap_or(Value::Null),
             )
         })
         .collect();
@@ -403,7 +400,11 @@ async fn a_handle_names_the_model_and_calls_do_not_inherit_the_request_model_id(
     );
     let (_, body) = ask_path(&base, "/?model=b", "m9").await;
     assert_eq!(body["loaded"], "model-b");
-    assert_eq!(*evicted.lock().unwrap(), ["a=model-a"], "sync hook, LRU of one");
+    assert_eq!(
+        *evicted.lock().unwrap(),
+        ["a=model-a"],
+        "sync hook, LRU of one"
+    );
 }
 
 #[tokio::test]
@@ -441,7 +442,11 @@ async fn bad_model_id_headers_and_missing_ids_are_400_with_a_reason() {
         "This request names no model: set the serve_multiplexed_model_id header.".to_owned(),
     );
     assert_eq!(send(None).await, no_model);
-    assert_eq!(send(value(b"")).await, no_model, "empty means none, as in Ray");
+    assert_eq!(
+        send(value(b"")).await,
+        no_model,
+        "empty means none, as in Ray"
+    );
     assert!(probe.loads().is_empty(), "nothing was loaded");
 
     let (status, body) = send(value(&[b'm'; 256])).await;
@@ -465,5 +470,55 @@ async fn zero_models_per_replica_fails_start_up_naming_the_deployment() {
         err.to_string(),
         "deployment 'Inferencer' failed to start: invalid configuration: \
          max_num_models_per_replica must be at least 1, got 0"
+    );
+}
+
+/// The example (DESIGN §5: examples are the contract), as its own process. Seven models on two
+/// replicas of three places each: a replica given more than three evicts, printing it.
+#[tokio::test]
+async fn the_example_loads_models_where_routed_and_evicts_beyond_three() {
+    let ex = common::Example::start("multiplexing");
+    let mut per_replica = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for i in 1..=7 {
+        let id = format!("m{i}");
+        let (status, body) = ask(&ex.base, &id).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["model"], id);
+        let replica = body["replica"].as_str().unwrap().to_owned();
+        per_replica.entry(replica).or_default().push(id);
+    }
+    // Each replica printed its loads, and an eviction (of its oldest model) before each load
+    // beyond the third.
+    let mut expected = Vec::new();
+    for (replica, ids) in &per_replica {
+        for (n, id) in ids.iter().enumerate() {
+            if n >= 3 {
+                expected.push(format!("{replica} evicting model {}", ids[n - 3]));
+            }
+            expected.push(format!("{replica} loading model {id}"));
+        }
+    }
+    let count = expected.len();
+    let (ex, mut printed) = tokio::task::spawn_blocking(move || {
+        let lines: Vec<String> = (0..count).map(|_| ex.next_stdout()).collect();
+        (ex, lines)
+    })
+    .await
+    .unwrap();
+    printed.sort();
+    expected.sort();
+    assert_eq!(printed, expected);
+
+    // The most recent model stays where it was loaded; no model named is a 400.
+    let last = per_replica
+        .iter()
+        .find(|(_, ids)| ids.contains(&"m7".to_owned()));
+    let (_, body) = ask(&ex.base, "m7").await;
+    assert_eq!(body["replica"], *last.unwrap().0);
+    let (status, body) = ask(&ex.base, "").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        "This request names no model: set the serve_multiplexed_model_id header."
     );
 }
