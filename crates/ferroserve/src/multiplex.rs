@@ -423,15 +423,17 @@ impl<M: Send + Sync + 'static> Inner<M> {
             if let Some((old_id, old_model)) = evicted {
                 tracing::info!(model_id = %old_id, "evicting model");
                 if let Some(hook) = &inner.on_evict {
-                    let hook = AssertUnwindSafe(hook(old_id.to_string(), old_model)).catch_unwind();
-                    if let Err(panic) = hook.await {
+                    // The call itself inside the future: a hook that panics before returning
+                    // its future is caught too.
+                    let call = async { hook(old_id.to_string(), old_model).await };
+                    if let Err(panic) = AssertUnwindSafe(call).catch_unwind().await {
                         let detail = panic_message(&*panic);
                         tracing::error!(model_id = %old_id, "eviction hook {detail}");
                     }
                 }
             }
             tracing::info!(model_id = %id, "loading model");
-            let loaded = AssertUnwindSafe((inner.loader)(id.to_string()))
+            let loaded = AssertUnwindSafe(async { (inner.loader)(id.to_string()).await })
                 .catch_unwind()
                 .await;
             let result = match loaded {
@@ -574,6 +576,53 @@ mod tests {
             err.to_string(),
             "invalid configuration: max_num_models_per_replica must be at least 1, got 0"
         );
+    }
+
+    /// A loader that panics (even before returning its future) fails that load only: the cache
+    /// keeps no entry for it, and the next `get` tries again.
+    #[tokio::test]
+    async fn a_panicking_loader_fails_the_load_and_is_not_cached() {
+        let calls = Arc::new(AtomicU64::new(0));
+        let counted = calls.clone();
+        let models = Multiplexed::builder(move |id: String| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            assert_ne!(id, "boom", "corrupt weights");
+            async move { Ok::<_, BoxError>(id) }
+        })
+        .build()
+        .unwrap();
+        for _ in 0..2 {
+            let err = models.get("boom").await.unwrap_err();
+            assert!(matches!(err, Error::Deployment { .. }));
+            assert!(err.to_string().contains("corrupt weights"), "{err}");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(models.inner.lock().is_empty());
+        assert_eq!(*models.get("ok").await.unwrap(), "ok");
+    }
+
+    /// Dropping `get` (its request was cancelled) leaves the load running; the model is cached.
+    #[tokio::test]
+    async fn a_cancelled_caller_does_not_cancel_the_load() {
+        let (release, released) = tokio::sync::watch::channel(false);
+        let calls = Arc::new(AtomicU64::new(0));
+        let counted = calls.clone();
+        let models = Multiplexed::builder(move |id: String| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut released = released.clone();
+            async move {
+                let _ = released.wait_for(|go| *go).await;
+                Ok::<_, BoxError>(id)
+            }
+        })
+        .build()
+        .unwrap();
+        let mut cancelled = Box::pin(models.get("m1"));
+        assert!((&mut cancelled).now_or_never().is_none());
+        drop(cancelled);
+        release.send(true).unwrap();
+        assert_eq!(*models.get("m1").await.unwrap(), "m1");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the first load was kept");
     }
 
     /// Loads of distinct ids beyond the cap wait for a place instead of growing the cache.
