@@ -62,6 +62,10 @@ pub struct RequestContext {
     inner: Arc<Inner>,
     deployment: Arc<str>,
     root_path: Arc<str>,
+    /// The model this request is for (`serve_multiplexed_model_id`), if any.
+    model_id: Option<Arc<str>>,
+    /// The model ids published by the replica serving this context (set on a replica only).
+    replica_models: Option<Arc<crate::multiplex::ModelIds>>,
 }
 
 #[derive(Debug)]
@@ -84,7 +88,28 @@ impl RequestContext {
             }),
             deployment: Arc::from(""),
             root_path: Arc::from(""),
+            model_id: None,
+            replica_models: None,
         }
+    }
+
+    /// The same context, for a request to model `model_id` (an empty id means none, as in Ray).
+    pub(crate) fn with_model_id(mut self, model_id: Option<Arc<str>>) -> Self {
+        self.model_id = model_id.filter(|id| !id.is_empty());
+        self
+    }
+
+    /// The model this request is for: the `serve_multiplexed_model_id` header of an HTTP request,
+    /// or the id a handle call was made with ([`crate::DeploymentHandle::with_model_id`]); `None`
+    /// when the request names no model (Ray's `serve.get_multiplexed_model_id()` returning `""`).
+    pub fn multiplexed_model_id(&self) -> Option<&str> {
+        self.model_id.as_deref()
+    }
+
+    /// The same context, running on the replica that publishes its models in `models`.
+    pub(crate) fn on_replica(mut self, models: &Arc<crate::multiplex::ModelIds>) -> Self {
+        self.replica_models = Some(models.clone());
+        self
     }
 
     /// The same context, for a request to the application mounted at `route_prefix`.
@@ -100,7 +125,8 @@ impl RequestContext {
     }
 
     /// The context a handle call made under this one gets: same id and deadline, a child token
-    /// (cancelled whenever this one is), and the callee's deployment name.
+    /// (cancelled whenever this one is), and the callee's deployment name. The model id is *not*
+    /// inherited (as in Ray, a handle call names its model with the handle's own option).
     pub(crate) fn child(&self, deployment: &Arc<str>) -> Self {
         RequestContext {
             inner: Arc::new(Inner {
@@ -111,6 +137,8 @@ impl RequestContext {
             }),
             deployment: deployment.clone(),
             root_path: self.root_path.clone(),
+            model_id: None,
+            replica_models: None,
         }
     }
 
@@ -120,6 +148,8 @@ impl RequestContext {
             inner: self.inner.clone(),
             deployment: deployment.clone(),
             root_path: self.root_path.clone(),
+            model_id: self.model_id.clone(),
+            replica_models: self.replica_models.clone(),
         }
     }
 
@@ -266,6 +296,19 @@ impl<F: FnOnce()> Drop for OnCancel<F> {
             }
         }
     }
+}
+
+/// The model ids of the replica serving the current request, if running on a replica.
+pub(crate) fn current_replica_models() -> Option<Arc<crate::multiplex::ModelIds>> {
+    CURRENT
+        .try_with(|ctx| ctx.replica_models.clone())
+        .ok()
+        .flatten()
+}
+
+/// The model id of the current request (see [`RequestContext::multiplexed_model_id`]).
+pub(crate) fn current_model_id() -> Option<Arc<str>> {
+    CURRENT.try_with(|ctx| ctx.model_id.clone()).ok().flatten()
 }
 
 /// The context of the request being served on this task, if any.

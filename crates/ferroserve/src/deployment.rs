@@ -487,6 +487,10 @@ pub struct ReplicaInfo {
     pub state: ReplicaState,
     /// Requests it runs now.
     pub ongoing_requests: usize,
+    /// The model ids its [`crate::multiplex::Multiplexed`] caches hold (loaded or loading),
+    /// sorted; omitted from JSON when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub multiplexed_model_ids: Vec<String>,
 }
 
 /// A type-erased node of the application graph.

@@ -49,12 +49,15 @@ pub trait Handles<M>: Send + Sync + 'static {
 /// router (power of two choices, `max_ongoing_requests`, queue, backpressure) as HTTP traffic.
 pub struct DeploymentHandle<T: Send + Sync + 'static> {
     router: Arc<Router<T>>,
+    /// The model every call names ([`DeploymentHandle::with_model_id`]).
+    model_id: Option<Arc<str>>,
 }
 
 impl<T: Send + Sync + 'static> Clone for DeploymentHandle<T> {
     fn clone(&self) -> Self {
         DeploymentHandle {
             router: self.router.clone(),
+            model_id: self.model_id.clone(),
         }
     }
 }
@@ -63,13 +66,48 @@ impl<T: Send + Sync + 'static> std::fmt::Debug for DeploymentHandle<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DeploymentHandle")
             .field("deployment", &self.router.name())
+            .field("model_id", &self.model_id)
             .finish()
     }
 }
 
 impl<T: Send + Sync + 'static> DeploymentHandle<T> {
     pub(crate) fn new(router: Arc<Router<T>>) -> Self {
-        DeploymentHandle { router }
+        DeploymentHandle {
+            router,
+            model_id: None,
+        }
+    }
+
+    /// A clone of this handle whose calls are for model `model_id` (Ray's
+    /// `handle.options(multiplexed_model_id="m1")`): the callee sees it in
+    /// [`crate::multiplex::model_id`], and the router prefers a replica that holds the model. An
+    /// empty id means none. Calls made while serving a request do not inherit that request's
+    /// model id (as in Ray); use this to pass it on.
+    pub fn with_model_id(&self, model_id: impl Into<Arc<str>>) -> Self {
+        let model_id: Arc<str> = model_id.into();
+        DeploymentHandle {
+            router: self.router.clone(),
+            model_id: (!model_id.is_empty()).then_some(model_id),
+        }
+    }
+
+    /// The model this handle's calls name, if any.
+    pub fn model_id(&self) -> Option<&str> {
+        self.model_id.as_deref()
+    }
+
+    /// The context of a call made through this handle: a child of the current request's, or a
+    /// fresh one, naming this handle's model id.
+    fn call_context(&self) -> RequestContext {
+        let ctx = match context::current() {
+            Some(parent) => parent.child(self.router.name()),
+            None => RequestContext::new(uuid_v4(), None),
+        };
+        match &self.model_id {
+            None => ctx,
+            Some(id) => ctx.with_model_id(Some(id.clone())),
+        }
     }
 
     /// The deployment this handle calls.
@@ -100,10 +138,7 @@ impl<T: Send + Sync + 'static> DeploymentHandle<T> {
         F: FnOnce(Arc<T>) -> Fut + Send,
         Fut: Future + Send,
     {
-        let ctx = match context::current() {
-            Some(parent) => parent.child(self.router.name()),
-            None => RequestContext::new(uuid_v4(), None),
-        };
+        let ctx = self.call_context();
         // The deadline is enforced where it was set (the proxy drops the whole request, handle
         // calls included); the callee sees it as `ctx.deadline()`.
         let call = run_on_replica(&self.router, ctx.clone(), |replica| {
@@ -122,12 +157,10 @@ impl<T: Send + Sync + 'static> DeploymentHandle<T> {
         T: HandlesStream<M>,
         M: Send + 'static,
     {
-        let ctx = match context::current() {
-            Some(parent) => parent.child(self.router.name()),
-            None => RequestContext::new(uuid_v4(), None),
-        };
-        let acquire = CancelOnDrop::new(ctx.clone(), |_| {}, self.router.acquire());
-        let slot = acquire.await?;
+        let ctx = self.call_context();
+        let acquire = self.router.acquire_for(ctx.multiplexed_model_id());
+        let slot = CancelOnDrop::new(ctx.clone(), |_| {}, acquire).await?;
+        let ctx = ctx.on_replica(&slot.replica().models);
         let instance = slot.replica().instance.clone();
         let inner = ctx.enter(|| Box::pin(instance.stream(msg)));
         Ok(ResponseStream::new(inner, ctx, Box::new(slot)))
@@ -178,8 +211,10 @@ where
     F: FnOnce(&Replica<T>) -> Fut,
     Fut: Future,
 {
-    let slot = router.acquire().await?;
-    let ctx = ctx.for_deployment(router.name());
+    let slot = router.acquire_for(ctx.multiplexed_model_id()).await?;
+    let ctx = ctx
+        .for_deployment(router.name())
+        .on_replica(&slot.replica().models);
     let fut = f(slot.replica());
     let outcome = ctx
         .clone()

@@ -39,6 +39,7 @@
 //! | `StreamingResponse`, SSE, `handle.options(stream=True)` | [`stream`] |
 //! | `@app.websocket` | [`api::WebSocketUpgrade`] |
 //! | `InputNode`, `DAGDriver` | [`dag`] |
+//! | `@serve.multiplexed`, `serve.get_multiplexed_model_id()` | [`multiplex`] |
 //! | HTTP adapters (`json_to_ndarray`, `image_to_ndarray`, ...) | [`adapters`] |
 //! | status codes and messages | [`error`] |
 //! | serve config YAML | [`config`] |
@@ -65,6 +66,7 @@ pub mod error;
 pub mod handle;
 pub mod health;
 pub mod ingress;
+pub mod multiplex;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 mod proxy;
@@ -83,6 +85,7 @@ pub use error::{BoxError, Error, Fault, HandlerError};
 pub use handle::{DeploymentHandle, Handles};
 pub use health::HealthCheck;
 pub use ingress::{Ingress, QueryParams, Request};
+pub use multiplex::Multiplexed;
 pub use serve::{init_logging, run, HttpOptions, Serve, Server};
 pub use stream::{HandlesStream, StreamingResponse};
 

@@ -111,13 +111,17 @@ fn request_id(req: &http::Request<Incoming>) -> Arc<str> {
 /// Serves one request. Cancel safe: dropping it (client gone) cancels the request's work.
 async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Response {
     let request_id = request_id(&req);
+    let model_id = crate::multiplex::header_model_id(req.headers());
     let path = req.uri().path();
     let routes = state.routes.load();
     let mut response = if let Some(internal) = path.strip_prefix("/-/") {
         internal_route(&state, internal)
+    } else if let Err(bad_header) = model_id {
+        bad_header.into_response()
     } else if let Some(route) = find_route(&routes, &state.root_path, path) {
-        let ctx =
-            RequestContext::new(request_id.clone(), state.request_timeout).in_app(&route.mount);
+        let ctx = RequestContext::new(request_id.clone(), state.request_timeout)
+            .in_app(&route.mount)
+            .with_model_id(model_id.ok().flatten());
         let work = route.endpoint.serve(req.map(Body::new), ctx.clone());
         drop(routes);
         let work = CancelOnDrop::new(ctx, log_disconnect, work);

@@ -13,6 +13,12 @@
 //!    just been handed to it, the slot is released again.
 //!
 //! `max_ongoing_requests` is strict: a replica never runs more requests than that.
+//!
+//! A request that names a model ([`crate::multiplex`]) first tries, in step 1, the least loaded
+//! replica that holds the model and has a free slot (a scan of the replicas' published model ids,
+//! lock-free), then falls back to the power of two choices. The queue does not look at model
+//! ids: a queued request goes to whichever replica frees a slot first. Requests without a model
+//! id take the unchanged path.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,6 +31,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
 use crate::error::Error;
+use crate::multiplex::ModelIds;
 
 /// One running instance of a deployment's type, with its in-flight count.
 pub(crate) struct Replica<T> {
@@ -32,6 +39,8 @@ pub(crate) struct Replica<T> {
     pub(crate) id: String,
     /// The replica's HTTP app (axum router), built on first use by an API ingress.
     pub(crate) http: OnceLock<crate::api::HttpApp>,
+    /// The model ids this replica's [`crate::multiplex::Multiplexed`] caches hold.
+    pub(crate) models: Arc<ModelIds>,
     in_flight: AtomicUsize,
 }
 
@@ -41,6 +50,7 @@ impl<T> Replica<T> {
             instance: Arc::new(instance),
             id,
             http: OnceLock::new(),
+            models: Arc::new(ModelIds::new()),
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -200,6 +210,7 @@ impl<T: Send + Sync + 'static> Router<T> {
             replica_id: r.id.clone(),
             state,
             ongoing_requests: r.in_flight(),
+            multiplexed_model_ids: r.models.list(),
         };
         let mut out: Vec<_> = self
             .replicas()
@@ -216,6 +227,7 @@ impl<T: Send + Sync + 'static> Router<T> {
                 replica_id: format!("{}#?", self.name),
                 state: ReplicaState::Starting,
                 ongoing_requests: 0,
+                multiplexed_model_ids: Vec::new(),
             });
         }
         out
@@ -287,6 +299,23 @@ impl<T: Send + Sync + 'static> Router<T> {
         replicas.iter().find(|r| r.try_take(max)).cloned()
     }
 
+    /// The least loaded replica holding model `id` with a free slot, its slot taken. Lock-free.
+    fn try_pick_holding(&self, id: &str) -> Option<Arc<Replica<T>>> {
+        let replicas = self.replicas.load();
+        let max = self.max_ongoing.load(Relaxed);
+        // A lost race for the last slot rescans; bounded so that churn cannot spin forever.
+        for _ in 0..replicas.len() {
+            let best = replicas
+                .iter()
+                .filter(|r| r.in_flight.load(SeqCst) < max && r.models.holds(id))
+                .min_by_key(|r| r.in_flight.load(SeqCst))?;
+            if best.try_take(max) {
+                return Some(best.clone());
+            }
+        }
+        None
+    }
+
     /// Serves queued requests from the head while slots are free. Called with the queue locked.
     fn dispatch(&self, queue: &mut Queue<T>) {
         while let Some(entry) = queue.waiters.first_entry() {
@@ -310,6 +339,22 @@ impl<T: Send + Sync + 'static> Router<T> {
         if self.queued.load(SeqCst) > 0 {
             self.dispatch(&mut self.lock());
         }
+    }
+
+    /// As [`Router::acquire`], preferring a replica that holds model `model_id` when one is
+    /// given (see the module docs). Cancel safe.
+    pub(crate) fn acquire_for(self: &Arc<Self>, model_id: Option<&str>) -> Acquire<T> {
+        if let Some(id) = model_id {
+            if self.queued.load(SeqCst) == 0 {
+                if let Some(replica) = self.try_pick_holding(id) {
+                    return Acquire::Ready(Some(Slot {
+                        router: self.clone(),
+                        replica,
+                    }));
+                }
+            }
+        }
+        self.acquire()
     }
 
     /// Waits for a slot on some replica, in FIFO order behind earlier waiters.
@@ -493,6 +538,42 @@ mod tests {
         drop(waiters);
         assert_eq!(r.num_queued(), 0);
         assert_eq!(r.num_ongoing(), 0);
+    }
+
+    #[test]
+    fn a_model_goes_to_the_least_loaded_holder_with_a_free_slot_then_anywhere() {
+        let r = router(3, 2, None);
+        let replicas = r.replicas();
+        replicas[1].models.set(0, vec!["m".into()]);
+        replicas[2].models.set(0, vec!["m".into(), "n".into()]);
+        let take = |model| r.acquire_for(model).now_or_never().unwrap().unwrap();
+        let id = |slot: &Slot<()>| slot.replica().id.clone();
+        let held: Vec<_> = (0..4).map(|_| take(Some("m"))).collect();
+        let mut ids: Vec<_> = held.iter().map(id).collect();
+        ids.sort();
+        assert_eq!(ids, ["1", "1", "2", "2"], "holders first, balanced");
+        assert_eq!(id(&take(Some("m"))), "0", "holders full: anywhere");
+        drop(held);
+        let on_2 = take(Some("n"));
+        assert_eq!(id(&on_2), "2");
+        let on_1 = take(Some("m"));
+        assert_eq!(id(&on_1), "1", "least loaded holder");
+        assert_eq!(r.num_ongoing(), 2);
+    }
+
+    #[test]
+    fn model_requests_queue_fifo_behind_earlier_waiters() {
+        let r = router(2, 1, None);
+        r.replicas()[0].models.set(0, vec!["m".into()]);
+        let a = r.acquire().now_or_never().unwrap().unwrap();
+        let b = r.acquire().now_or_never().unwrap().unwrap();
+        let mut first = r.acquire();
+        let mut second = r.acquire_for(Some("m"));
+        assert!((&mut first).now_or_never().is_none());
+        assert!((&mut second).now_or_never().is_none());
+        drop(if a.replica().id == "0" { a } else { b });
+        assert!((&mut second).now_or_never().is_none(), "FIFO: head first");
+        assert_eq!(first.now_or_never().unwrap().unwrap().replica().id, "0");
     }
 
     #[test]
