@@ -174,7 +174,8 @@ impl Deployment<NoDeps> {
 
     /// Binds an async, fallible constructor. An error (or panic) is retried, up to
     /// [`CONSTRUCTOR_ATTEMPTS`] attempts with a growing pause, and then fails the deployment with
-    /// [`Error::Startup`] naming it and giving the last error.
+    /// [`Error::Startup`] naming it and giving the last error. An [`Error::Config`] is not
+    /// retried.
     pub fn bind_async<T, F, Fut, E>(self, ctor: F) -> BoundDeployment<T>
     where
         T: Send + Sync + 'static,
@@ -594,6 +595,8 @@ impl<T: Send + Sync + 'static> Node<T> {
         loop {
             match self.build_replica(router).await {
                 Ok(replica) => return Ok(replica),
+                // A configuration error does not go away by trying again.
+                Err(e) if is_config_error(&e) => return Err(e),
                 Err(e) if attempt < attempts => {
                     tracing::warn!(
                         deployment = %self.name,
@@ -867,6 +870,18 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
 
     fn message(&self) -> String {
         self.supervision.message()
+    }
+}
+
+/// Whether a start-up failure is an invalid configuration (from the constructor or its
+/// `user_config`), which retrying cannot fix.
+fn is_config_error(e: &Error) -> bool {
+    match e {
+        Error::Config(_) => true,
+        Error::Startup { source, .. } => {
+            matches!(source.downcast_ref::<Error>(), Some(Error::Config(_)))
+        }
+        _ => false,
     }
 }
 
