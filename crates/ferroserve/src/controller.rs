@@ -173,8 +173,19 @@ impl Controller {
         Ok(())
     }
 
-    /// Rebuilds the proxy's route table from the applications that have an endpoint.
+    /// Rebuilds the proxy's route table from the applications that have an endpoint, and binds
+    /// every deployment's metrics to its application.
     fn publish_routes(&self) {
+        let apps = self.apps();
+        for app in apps.iter() {
+            for node in &app.nodes {
+                node.0
+                    .metrics()
+                    .0
+                    .bind(&app.name, self.proxy.metrics.enabled());
+            }
+        }
+        drop(apps);
         let routes = self
             .apps()
             .iter()
@@ -489,6 +500,25 @@ impl Controller {
             http_options: self.base.http_options.clone(),
             applications: Value::Object(applications),
         }
+    }
+
+    /// What `/metrics` reads from every deployment of every application.
+    pub(crate) fn metric_samples(&self) -> Vec<crate::metrics::DeploymentSample> {
+        let apps = self.apps();
+        let mut out = Vec::new();
+        for app in apps.iter() {
+            for (i, node) in app.nodes.iter().enumerate() {
+                let (metrics, queued) = node.0.metrics();
+                out.push(crate::metrics::DeploymentSample {
+                    app: app.name.clone(),
+                    metrics,
+                    queued,
+                    replicas: node.0.replicas(),
+                    ingress: i + 1 == app.nodes.len(),
+                });
+            }
+        }
+        out
     }
 
     /// The running config: the server's fixed parts and every application's last deployed

@@ -439,6 +439,8 @@ pub(crate) trait AnyNode: Send + Sync {
     /// Whether both nodes route through the same router.
     fn shares_router(&self, other: &NodeRef) -> bool;
     fn replicas(&self) -> Vec<ReplicaInfo>;
+    /// The router's metric series and its queue length now (for `/metrics`).
+    fn metrics(&self) -> (Arc<crate::metrics::DeploymentMetrics>, usize);
 }
 
 /// A reference to a node of the application graph (opaque).
@@ -679,6 +681,11 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
 
     fn replicas(&self) -> Vec<ReplicaInfo> {
         self.router.load().replica_infos()
+    }
+
+    fn metrics(&self) -> (Arc<crate::metrics::DeploymentMetrics>, usize) {
+        let router = self.router.load();
+        (router.metrics().clone(), router.num_queued())
     }
 }
 

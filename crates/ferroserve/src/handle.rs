@@ -17,7 +17,9 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use axum::response::Response;
 use futures_util::FutureExt;
+use tracing::Instrument;
 
 use crate::context::{self, CancelOnDrop, RequestContext};
 use crate::deployment::panic_message;
@@ -161,17 +163,37 @@ where
     F: FnOnce(&Replica<T>) -> Fut,
     Fut: Future,
 {
-    run_keeping_slot(router, ctx, f)
+    run_observed(router, ctx, f, |_| false)
         .await
         .map(|(out, _slot)| out)
 }
 
-/// As [`run_on_replica`], but hands the slot back with the output, for a response that goes on
-/// streaming after the handler returns.
+/// As [`run_on_replica`] for an HTTP handler, but hands the slot back with the response, for a
+/// response that goes on streaming after the handler returns. A 5xx response counts as a
+/// deployment error in the metrics.
 pub(crate) async fn run_keeping_slot<T, F, Fut>(
     router: &Arc<Router<T>>,
     ctx: RequestContext,
     f: F,
+) -> Result<(Response, Slot<T>), Error>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce(&Replica<T>) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    run_observed(router, ctx, f, |r| r.status().is_server_error()).await
+}
+
+/// Takes a slot, runs `f` on its replica inside a `replica` span (application, deployment,
+/// replica, request id: every line the handler logs carries them), and records the
+/// deployment's metrics: one request, its processing time, and an error if it panicked or
+/// `failed` says so. Cancel safe: dropping it leaves the queue or drops the handler (a dropped
+/// request is not counted here; the proxy counts it as 499).
+async fn run_observed<T, F, Fut>(
+    router: &Arc<Router<T>>,
+    ctx: RequestContext,
+    f: F,
+    failed: fn(&Fut::Output) -> bool,
 ) -> Result<(Fut::Output, Slot<T>), Error>
 where
     T: Send + Sync + 'static,
@@ -180,20 +202,30 @@ where
 {
     let slot = router.acquire().await?;
     let ctx = ctx.for_deployment(router.name());
-    let fut = f(slot.replica());
+    let metrics = router.metrics();
+    let span = tracing::info_span!(
+        "replica",
+        application = %metrics.app(),
+        deployment = %router.name(),
+        replica = %slot.replica().id,
+        request_id = %ctx.request_id(),
+    );
+    let start = metrics.start();
+    let fut = span.in_scope(|| f(slot.replica()));
     let outcome = ctx
         .clone()
         .scope(AssertUnwindSafe(fut).catch_unwind())
+        .instrument(span.clone())
         .await;
     match outcome {
-        Ok(out) => Ok((out, slot)),
+        Ok(out) => {
+            metrics.finish(start, failed(&out));
+            Ok((out, slot))
+        }
         Err(panic) => {
+            metrics.finish(start, true);
             let detail = panic_message(&*panic);
-            tracing::error!(
-                replica = %slot.replica().id,
-                request_id = ctx.request_id(),
-                "handler {detail}"
-            );
+            span.in_scope(|| tracing::error!("handler {detail}"));
             Err(Error::Deployment {
                 deployment: router.name().to_string(),
                 detail,

@@ -45,6 +45,7 @@
 //! | `serve run/deploy/status/config/build/shutdown` | [`cli`] |
 //! | applying configs, rolling updates, status | `controller` (internal) |
 //! | the REST API (`/api/serve/applications/`) | `admin` (internal) |
+//! | `/metrics` (Prometheus), access logs | [`metrics`] |
 
 pub mod adapters;
 mod admin;
@@ -59,6 +60,7 @@ pub mod deployment;
 pub mod error;
 pub mod handle;
 pub mod ingress;
+pub mod metrics;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 mod proxy;

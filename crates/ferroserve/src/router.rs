@@ -76,12 +76,16 @@ pub(crate) struct Router<T> {
     next_id: AtomicUsize,
     starting: AtomicUsize,
     stopping: Mutex<Vec<Arc<Replica<T>>>>,
+    /// The deployment's replica-side metric series, resolved once.
+    metrics: Arc<crate::metrics::DeploymentMetrics>,
 }
 
 impl<T: Send + Sync + 'static> Router<T> {
     pub(crate) fn new(name: String, max_ongoing: usize, max_queued: Option<usize>) -> Self {
+        let name: Arc<str> = name.into();
         Router {
-            name: name.into(),
+            metrics: Arc::new(crate::metrics::DeploymentMetrics::new(&name)),
+            name,
             replicas: ArcSwap::from_pointee(Vec::new()),
             max_ongoing: AtomicUsize::new(max_ongoing),
             max_queued: AtomicUsize::new(max_queued.unwrap_or(usize::MAX)),
@@ -99,6 +103,11 @@ impl<T: Send + Sync + 'static> Router<T> {
     /// The deployment's name.
     pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The deployment's metric series.
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::DeploymentMetrics> {
+        &self.metrics
     }
 
     /// Replaces the replica set (the controller is the only writer) and serves waiting requests.

@@ -39,6 +39,12 @@ pub struct HttpOptions {
     pub graceful_shutdown_timeout: Duration,
     /// A path the whole server is mounted under (`""`, the default, or e.g. `/serve`).
     pub root_path: String,
+    /// Where the proxy answers with its Prometheus metrics (default `/metrics`; see
+    /// [`crate::metrics`]). `None` turns metrics off: no endpoint and no collection.
+    pub metrics_path: Option<String>,
+    /// Whether each request ends with an access-log line (target `ferroserve::access`, level
+    /// `INFO`). Default true (Ray's `logging_config.enable_access_log`).
+    pub access_log: bool,
 }
 
 impl Default for HttpOptions {
@@ -53,6 +59,8 @@ impl Default for HttpOptions {
             keep_alive_timeout: Duration::from_secs(5),
             graceful_shutdown_timeout: Duration::from_secs(20),
             root_path: String::new(),
+            metrics_path: Some(crate::metrics::DEFAULT_METRICS_PATH.to_owned()),
+            access_log: true,
         }
     }
 }
@@ -112,6 +120,7 @@ impl Serve {
     pub fn from_config(config: ServeConfig, file: impl Into<String>, registry: Registry) -> Self {
         let mut options = config.http_options.to_options();
         options.graceful_shutdown_timeout = HttpOptions::default().graceful_shutdown_timeout;
+        options.access_log = config.logging_config.enable_access_log;
         let admin = (config.admin_options.host.clone(), config.admin_options.port);
         Serve {
             options,
@@ -155,6 +164,23 @@ impl Serve {
     /// Sets how long a drain waits for in-flight requests.
     pub fn graceful_shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.options.graceful_shutdown_timeout = timeout;
+        self
+    }
+
+    /// Serves the Prometheus metrics at `path` instead of `/metrics` (the proxy answers it
+    /// before route matching, so an application mounted at `/` never sees it), or turns
+    /// metrics off with `None`: no endpoint and no collection. An invalid path (not starting
+    /// with `/`, `/` itself, a trailing `/`, `?`, `#`, braces or spaces) fails
+    /// [`Serve::start`] with [`Error::Config`].
+    pub fn metrics_path(mut self, path: Option<&str>) -> Self {
+        self.options.metrics_path = path.map(str::to_owned);
+        self
+    }
+
+    /// Turns the access log (one `INFO` line of target `ferroserve::access` per request) on or
+    /// off. On by default.
+    pub fn access_log(mut self, enabled: bool) -> Self {
+        self.options.access_log = enabled;
         self
     }
 
@@ -208,6 +234,10 @@ impl Serve {
             registry,
             admin,
         } = self;
+        if let Some(path) = &options.metrics_path {
+            crate::metrics::validate_metrics_path(path)
+                .map_err(|e| Error::Config(format!("metrics_path {e}")))?;
+        }
         let mut seen: Vec<(&str, &str)> = Vec::with_capacity(apps.len());
         for app in &apps {
             validate_route_prefix(&app.route_prefix)?;
@@ -237,6 +267,11 @@ impl Serve {
             request_timeout: options.request_timeout,
             draining: AtomicBool::new(false),
             host: local_addr.to_string(),
+            metrics: crate::metrics::ProxyMetrics::new(
+                options.metrics_path.clone(),
+                options.access_log,
+            ),
+            controller: std::sync::OnceLock::new(),
         });
         let base = match &config {
             Some((c, _, _)) => ServeConfig {
@@ -246,6 +281,7 @@ impl Serve {
             None => ServeConfig::default(),
         };
         let controller = Arc::new(Controller::new(state.clone(), registry, base));
+        let _ = state.controller.set(Arc::downgrade(&controller));
         controller.start_code_apps(apps).await?;
         if let Some((config, file, text)) = config {
             controller.apply(config, &file).await.map_err(|mut e| {
@@ -271,6 +307,7 @@ impl Serve {
                 let addr = listener.local_addr()?;
                 let task = tokio::spawn(crate::admin::serve(
                     listener,
+                    state.clone(),
                     controller.clone(),
                     stop_requested.clone(),
                 ));
