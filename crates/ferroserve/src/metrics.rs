@@ -43,7 +43,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -98,13 +98,54 @@ pub(crate) fn validate_metrics_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Stripes per counter: each thread adds to its own stripe (its own cache lines), so that
+/// worker threads counting the same series do not contend; a scrape sums the stripes.
+const SHARDS: usize = 8;
+
+/// This thread's stripe (threads are assigned round-robin on first use).
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
+}
+
+/// `n` counters, striped over [`SHARDS`] regions at least one cache line (128 bytes) apart.
+/// Adding is one uncontended relaxed atomic increment.
+struct Sharded {
+    cells: Box<[AtomicU64]>,
+    stride: usize,
+}
+
+impl Sharded {
+    fn new(n: usize) -> Self {
+        // 16 cells are 128 bytes: the unused tail of each stripe keeps stripes off each
+        // other's cache lines whatever the allocation's alignment.
+        let stride = n.next_multiple_of(16) + 16;
+        Sharded {
+            cells: (0..stride * SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            stride,
+        }
+    }
+
+    fn add(&self, i: usize, value: u64) {
+        self.cells[shard() * self.stride + i].fetch_add(value, Relaxed);
+    }
+
+    fn get(&self, i: usize) -> u64 {
+        (0..SHARDS)
+            .map(|s| self.cells[s * self.stride + i].load(Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+}
+
 /// A histogram with fixed bounds, in integer units (µs for latencies); rendered in
-/// `unit`-times larger units (ms). Observing costs two relaxed atomic increments.
+/// `unit`-times larger units (ms). Observing costs two uncontended relaxed increments.
 pub(crate) struct Histogram {
     bounds: &'static [u64],
-    /// Per-bucket counts (not cumulative); the last one is `+Inf`.
-    counts: Box<[AtomicU64]>,
-    sum: AtomicU64,
+    /// Per-bucket counts (not cumulative), then `+Inf`, then the sum.
+    cells: Sharded,
     unit: f64,
 }
 
@@ -112,8 +153,7 @@ impl Histogram {
     fn new(bounds: &'static [u64], unit: f64) -> Self {
         Histogram {
             bounds,
-            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
-            sum: AtomicU64::new(0),
+            cells: Sharded::new(bounds.len() + 2),
             unit,
         }
     }
@@ -124,13 +164,10 @@ impl Histogram {
 
     /// Records one value (in the histogram's integer units).
     pub(crate) fn observe(&self, value: u64) {
-        let i = self
-            .bounds
-            .iter()
-            .position(|&b| value <= b)
-            .unwrap_or(self.bounds.len());
-        self.counts[i].fetch_add(1, Relaxed);
-        self.sum.fetch_add(value, Relaxed);
+        let n = self.bounds.len();
+        let i = self.bounds.iter().position(|&b| value <= b).unwrap_or(n);
+        self.cells.add(i, 1);
+        self.cells.add(n + 1, value);
     }
 
     fn observe_duration(&self, d: Duration) {
@@ -138,14 +175,14 @@ impl Histogram {
     }
 
     fn count(&self) -> u64 {
-        self.counts.iter().map(|c| c.load(Relaxed)).sum()
+        (0..=self.bounds.len()).map(|i| self.cells.get(i)).sum()
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            cumulative += c.load(Relaxed);
+        for i in 0..=self.bounds.len() {
+            cumulative += self.cells.get(i);
             match self.bounds.get(i) {
                 Some(&b) => {
                     let le = b as f64 / self.unit;
@@ -163,7 +200,7 @@ impl Histogram {
             }
         }
         let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
-        let sum = self.sum.load(Relaxed) as f64 / self.unit;
+        let sum = self.cells.get(self.bounds.len() + 1) as f64 / self.unit;
         let _ = writeln!(out, "{name}_sum{{{labels}}} {sum:?}");
     }
 }
@@ -186,16 +223,21 @@ fn method_index(method: &Method) -> usize {
     }
 }
 
-/// Status codes are 100..=999; one slot each.
-const STATUSES: usize = 900;
+/// Status codes with a pre-resolved slot (sorted); others go through a locked map.
+const STATUSES: [u16; 34] = [
+    101, 200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 406, 408,
+    409, 410, 411, 413, 414, 415, 422, 429, 431, 499, 500, 501, 502, 503, 504,
+];
 
 /// The proxy-side series of one route (or of unknown paths): counts by method and status,
 /// latency by method, requests started.
 pub(crate) struct RouteMetrics {
     app: String,
     route: String,
-    started: AtomicU64,
-    by_status: Box<[AtomicU64]>,
+    /// Slot 0: requests started; then one slot per (method, status of [`STATUSES`]).
+    counts: Sharded,
+    /// (method, status) → count, for statuses outside [`STATUSES`] (rare).
+    other_statuses: Mutex<BTreeMap<(usize, u16), u64>>,
     latency: Box<[Histogram]>,
 }
 
@@ -204,22 +246,54 @@ impl RouteMetrics {
         RouteMetrics {
             app: app.to_owned(),
             route: route.to_owned(),
-            started: AtomicU64::new(0),
-            by_status: (0..METHODS.len() * STATUSES)
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            counts: Sharded::new(1 + METHODS.len() * STATUSES.len()),
+            other_statuses: Mutex::new(BTreeMap::new()),
             latency: METHODS.iter().map(|_| Histogram::latency()).collect(),
         }
     }
 
+    fn start(&self) {
+        self.counts.add(0, 1);
+    }
+
     fn record(&self, method: usize, status: u16, latency: Duration) {
-        let code = usize::from(status).clamp(100, 999) - 100;
-        self.by_status[method * STATUSES + code].fetch_add(1, Relaxed);
+        match STATUSES.binary_search(&status) {
+            Ok(slot) => self.counts.add(1 + method * STATUSES.len() + slot, 1),
+            Err(_) => {
+                *self
+                    .other_statuses
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry((method, status))
+                    .or_default() += 1
+            }
+        }
         self.latency[method].observe_duration(latency);
     }
 
-    fn finished(&self) -> u64 {
-        self.by_status.iter().map(|c| c.load(Relaxed)).sum()
+    /// Every non-zero (method, status, count), by method then status.
+    fn by_status(&self) -> Vec<(usize, u16, u64)> {
+        let mut out: Vec<(usize, u16, u64)> = self
+            .other_statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(&(m, s), &n)| (m, s, n))
+            .collect();
+        for m in 0..METHODS.len() {
+            for (slot, &status) in STATUSES.iter().enumerate() {
+                let n = self.counts.get(1 + m * STATUSES.len() + slot);
+                if n > 0 {
+                    out.push((m, status, n));
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    fn started(&self) -> u64 {
+        self.counts.get(0)
     }
 }
 
@@ -289,7 +363,7 @@ impl ProxyMetrics {
             None => None,
         };
         if let Some(m) = &metrics {
-            m.started.fetch_add(1, Relaxed);
+            m.start();
         }
         let log = (self.access_log
             && tracing::enabled!(target: "ferroserve::access", tracing::Level::INFO))
@@ -377,8 +451,8 @@ pub(crate) struct DeploymentMetrics {
     deployment: Arc<str>,
     app: ArcSwap<String>,
     enabled: AtomicBool,
-    requests: AtomicU64,
-    errors: AtomicU64,
+    /// Requests, errors.
+    counts: Sharded,
     latency: Histogram,
 }
 
@@ -389,8 +463,7 @@ impl DeploymentMetrics {
             deployment: name.clone(),
             app: ArcSwap::from_pointee(String::new()),
             enabled: AtomicBool::new(true),
-            requests: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            counts: Sharded::new(2),
             latency: Histogram::latency(),
         }
     }
@@ -417,9 +490,9 @@ impl DeploymentMetrics {
     /// Records one request that ran on a replica since `start`.
     pub(crate) fn finish(&self, start: Option<Instant>, failed: bool) {
         let Some(start) = start else { return };
-        self.requests.fetch_add(1, Relaxed);
+        self.counts.add(0, 1);
         if failed {
-            self.errors.fetch_add(1, Relaxed);
+            self.counts.add(1, 1);
         }
         self.latency.observe_duration(start.elapsed());
     }
@@ -566,15 +639,11 @@ pub(crate) fn render(proxy: &ProxyMetrics, deployments: &[DeploymentSample]) -> 
         "counter",
         "HTTP requests answered by the proxy (499: the client disconnected first).",
     );
-    let each_status = |f: &mut dyn FnMut(&RouteMetrics, usize, usize, u64)| {
-        for r in &routes {
-            for m in 0..METHODS.len() {
-                for s in 0..STATUSES {
-                    let n = r.by_status[m * STATUSES + s].load(Relaxed);
-                    if n > 0 {
-                        f(r, m, s + 100, n);
-                    }
-                }
+    let statuses: Vec<Vec<(usize, u16, u64)>> = routes.iter().map(|r| r.by_status()).collect();
+    let each_status = |f: &mut dyn FnMut(&RouteMetrics, usize, u16, u64)| {
+        for (r, statuses) in routes.iter().zip(&statuses) {
+            for &(m, status, n) in statuses {
+                f(r, m, status, n);
             }
         }
     };
@@ -641,9 +710,9 @@ pub(crate) fn render(proxy: &ProxyMetrics, deployments: &[DeploymentSample]) -> 
         "gauge",
         "HTTP requests the proxy is serving now.",
     );
-    for r in &routes {
-        let started = r.started.load(Relaxed);
-        let ongoing = started.saturating_sub(r.finished());
+    for (r, statuses) in routes.iter().zip(&statuses) {
+        let finished: u64 = statuses.iter().map(|&(_, _, n)| n).sum();
+        let ongoing = r.started().saturating_sub(finished);
         let _ = writeln!(
             out,
             "serve_num_ongoing_http_requests{{route=\"{}\",application=\"{}\"}} {ongoing}",
@@ -666,7 +735,7 @@ pub(crate) fn render(proxy: &ProxyMetrics, deployments: &[DeploymentSample]) -> 
         "Requests that ran on a replica of the deployment.",
     );
     for d in deployments {
-        let n = d.metrics.requests.load(Relaxed);
+        let n = d.metrics.counts.get(0);
         let _ = writeln!(
             out,
             "serve_deployment_request_counter_total{{{}}} {n}",
@@ -680,7 +749,7 @@ pub(crate) fn render(proxy: &ProxyMetrics, deployments: &[DeploymentSample]) -> 
         "Requests whose handler panicked or answered a 5xx.",
     );
     for d in deployments {
-        let n = d.metrics.errors.load(Relaxed);
+        let n = d.metrics.counts.get(1);
         let _ = writeln!(
             out,
             "serve_deployment_error_counter_total{{{}}} {n}",
@@ -836,6 +905,51 @@ mod tests {
         assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
         assert!(out.contains("x_sum{a=\"b\"} 1000008.5\n"), "{out}");
+    }
+
+    #[test]
+    fn statuses_outside_the_common_set_are_counted_too() {
+        assert!(
+            STATUSES.windows(2).all(|w| w[0] < w[1]),
+            "sorted for binary search"
+        );
+        let r = RouteMetrics::new("a", "/a");
+        for status in [200, 200, 418, 999, 404] {
+            r.start();
+            r.record(0, status, Duration::from_millis(1));
+        }
+        r.record(1, 418, Duration::ZERO);
+        assert_eq!(
+            r.by_status(),
+            [
+                (0, 200, 2),
+                (0, 404, 1),
+                (0, 418, 1),
+                (0, 999, 1),
+                (1, 418, 1)
+            ]
+        );
+        assert_eq!(r.started(), 5);
+        assert_eq!(r.latency[0].count(), 5);
+    }
+
+    #[test]
+    fn stripes_sum_across_threads() {
+        let c = Arc::new(Sharded::new(3));
+        let threads: Vec<_> = (0..SHARDS + 3)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        c.add(2, 1);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!((c.get(0), c.get(2)), (0, (SHARDS as u64 + 3) * 1000));
     }
 
     #[test]
