@@ -1567,7 +1567,7 @@ fn observability_cost(cfg: &Config, get_lua: &Path) -> Result<String> {
         ),
         ("access log on", &[], "access log off", &["no-access-log"]),
         (
-            "`INFO` (replica span)",
+            "`INFO` (replica labels)",
             &["no-access-log"],
             "`WARNING`",
             &["no-access-log", "log-warn"],
@@ -1608,8 +1608,8 @@ fn observability_cost(cfg: &Config, get_lua: &Path) -> Result<String> {
     let _ = writeln!(
         out,
         "\nGoal: metrics cost < 3% of `counter` throughput (A/B ≥ 0.97 on the first row). The access \
-         log writes one line per request to stderr (here a file). The last row is the cost of the \
-         `replica` span every request runs in at `INFO` (nothing at `WARNING`)."
+         log writes one line per request to stderr (here a file). The last row is what logging at \
+         `INFO` costs a request that logs nothing (replica labels set around the handler)."
     );
     Ok(out)
 }

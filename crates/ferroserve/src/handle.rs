@@ -19,11 +19,11 @@ use std::sync::Arc;
 
 use axum::response::Response;
 use futures_util::FutureExt;
-use tracing::Instrument;
 
 use crate::context::{self, CancelOnDrop, RequestContext};
 use crate::deployment::panic_message;
 use crate::error::Error;
+use crate::metrics::{in_replica, in_replica_sync, ReplicaLabels};
 use crate::router::{Replica, Router, Slot};
 use crate::stream::{HandlesStream, ResponseStream};
 
@@ -184,11 +184,11 @@ where
     run_observed(router, ctx, f, |r| r.status().is_server_error()).await
 }
 
-/// Takes a slot, runs `f` on its replica inside a `replica` span (application, deployment,
-/// replica, request id: every line the handler logs carries them), and records the
-/// deployment's metrics: one request, its processing time, and an error if it panicked or
-/// `failed` says so. Cancel safe: dropping it leaves the queue or drops the handler (a dropped
-/// request is not counted here; the proxy counts it as 499).
+/// Takes a slot, runs `f` on its replica as that replica's work (every line the handler logs
+/// carries application, deployment, replica and request id), and records the deployment's
+/// metrics: one request, its processing time, and an error if it panicked or `failed` says so.
+/// Cancel safe: dropping it leaves the queue or drops the handler (a dropped request is not
+/// counted here; the proxy counts it as 499).
 async fn run_observed<T, F, Fut>(
     router: &Arc<Router<T>>,
     ctx: RequestContext,
@@ -203,19 +203,19 @@ where
     let slot = router.acquire().await?;
     let ctx = ctx.for_deployment(router.name());
     let metrics = router.metrics();
-    let span = tracing::info_span!(
-        "replica",
-        application = %metrics.app(),
-        deployment = %router.name(),
-        replica = %slot.replica().id,
-        request_id = %ctx.request_id(),
-    );
+    let replica = slot.replica();
+    let labels = replica
+        .labels
+        .get_or_init(|| Arc::new(ReplicaLabels::new(metrics, &replica.id)))
+        .clone();
     let start = metrics.start();
-    let fut = span.in_scope(|| f(slot.replica()));
+    let fut = f(replica);
     let outcome = ctx
         .clone()
-        .scope(AssertUnwindSafe(fut).catch_unwind())
-        .instrument(span.clone())
+        .scope(in_replica(
+            labels.clone(),
+            AssertUnwindSafe(fut).catch_unwind(),
+        ))
         .await;
     match outcome {
         Ok(out) => {
@@ -225,7 +225,7 @@ where
         Err(panic) => {
             metrics.finish(start, true);
             let detail = panic_message(&*panic);
-            span.in_scope(|| tracing::error!("handler {detail}"));
+            ctx.enter(|| in_replica_sync(labels, || tracing::error!("handler {detail}")));
             Err(Error::Deployment {
                 deployment: router.name().to_string(),
                 detail,

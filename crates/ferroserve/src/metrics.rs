@@ -27,6 +27,9 @@
 //! | `serve_health_check_failures_total` | counter | `deployment`, `application` |
 //!
 //! A request whose client disconnects before the response is counted with status `499`.
+//! Proxy latency runs until the response head is ready: for a streaming response, until it
+//! starts (a client leaving mid-stream keeps the `200` it was already sent). Replica processing
+//! time runs from taking a slot on a replica to the handler's return.
 //! Requests to unknown paths are counted under `route=""`, `application=""`; the proxy's own
 //! paths (`/-/healthz`, `/-/routes`, the metrics path) are not counted.
 //!
@@ -40,6 +43,10 @@
 //! event of target `ferroserve::access`: `GET /hello 200 0.3ms` with fields `method`, `route`
 //! (the application's route prefix), `path`, `status`, `latency_ms`, `request_id` and
 //! `application`. When it is off, or filtered out by the log level, it costs one branch.
+//!
+//! Lines logged while a handler runs carry `application`, `deployment`, `replica` and
+//! `request_id` (added by ferroserve's log format, [`crate::serve::init_logging_with`], from a
+//! task-local set around the handler: nothing is formatted unless a line is logged).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -50,7 +57,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::{Method, StatusCode};
 
-use crate::deployment::{ReplicaInfo, ReplicaState};
+use crate::deployment::ReplicaInfo;
 
 /// The default path of the metrics endpoint.
 pub const DEFAULT_METRICS_PATH: &str = "/metrics";
@@ -82,8 +89,11 @@ const LATENCY_BOUNDS_US: [u64; 17] = [
 const BATCH_BOUNDS: [u64; 11] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
 
 /// Checks a metrics path: starts with `/`, is not `/`, has no trailing `/`, no `?`, `#`, `{`,
-/// `}` or whitespace.
+/// `}` or whitespace, and is not one of the proxy's own paths.
 pub(crate) fn validate_metrics_path(path: &str) -> Result<(), String> {
+    if matches!(path, "/-/healthz" | "/-/routes") {
+        return Err(format!("must not be the proxy's own '{path}'"));
+    }
     if !path.starts_with('/')
         || path == "/"
         || path.ends_with('/')
@@ -302,19 +312,79 @@ pub(crate) struct ProxyMetrics {
     /// `None`: no `/metrics` on the proxy and no collection by this server.
     path: Option<String>,
     access_log: bool,
-    not_found: Arc<RouteMetrics>,
-    /// Every route ever published (a deleted application's counters stay, as counters should).
-    routes: Mutex<Vec<Arc<RouteMetrics>>>,
+    /// Every route ever published (a deleted application's counters stay, as counters
+    /// should); slot 0 is unknown paths. Requests borrow their block from here, with no
+    /// reference count to bounce between cores.
+    routes: RouteArena,
 }
+
+/// How many distinct (application, route prefix) pairs one server keeps series for.
+const MAX_ROUTES: usize = CHUNK * CHUNK;
+const CHUNK: usize = 64;
+
+/// An append-only list of route blocks that hands out plain references: chunks are allocated
+/// on demand and never move or shrink while the server lives.
+struct RouteArena {
+    chunks: Box<[OnceLock<Box<[OnceLock<RouteMetrics>]>>]>,
+    /// Blocks in use; appends take this lock (when routes are published), reads do not.
+    len: Mutex<usize>,
+}
+
+impl RouteArena {
+    fn new() -> Self {
+        RouteArena {
+            chunks: (0..CHUNK).map(|_| OnceLock::new()).collect(),
+            len: Mutex::new(0),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<&RouteMetrics> {
+        self.chunks.get(i / CHUNK)?.get()?.get(i % CHUNK)?.get()
+    }
+
+    fn len(&self) -> usize {
+        *self.len.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The block of (`app`, `route`), added if new; `None` once [`MAX_ROUTES`] are in use.
+    fn find_or_push(&self, app: &str, route: &str) -> Option<usize> {
+        let mut len = self.len.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = (0..*len).find(|&i| {
+            self.get(i)
+                .is_some_and(|r| r.app == app && r.route == route)
+        }) {
+            return Some(i);
+        }
+        if *len == MAX_ROUTES {
+            tracing::warn!(
+                app,
+                route,
+                "more than {MAX_ROUTES} routes: not counted in metrics"
+            );
+            return None;
+        }
+        let i = *len;
+        let chunk =
+            self.chunks[i / CHUNK].get_or_init(|| (0..CHUNK).map(|_| OnceLock::new()).collect());
+        let _ = chunk[i % CHUNK].set(RouteMetrics::new(app, route));
+        *len += 1;
+        Some(i)
+    }
+}
+
+/// A route's metric block in its server's [`ProxyMetrics`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RouteId(usize);
 
 impl ProxyMetrics {
     /// Metrics served at `path` (`None`: off), access log on or off.
     pub(crate) fn new(path: Option<String>, access_log: bool) -> Self {
+        let routes = RouteArena::new();
+        routes.find_or_push("", "");
         ProxyMetrics {
             path,
             access_log,
-            not_found: Arc::new(RouteMetrics::new("", "")),
-            routes: Mutex::new(Vec::new()),
+            routes,
         }
     }
 
@@ -328,23 +398,13 @@ impl ProxyMetrics {
         self.path.as_deref()
     }
 
-    fn routes(&self) -> MutexGuard<'_, Vec<Arc<RouteMetrics>>> {
-        self.routes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The series block of route `prefix` of application `app`, the same one every time the
     /// routes are published. `None` when metrics are off. Called when routes are published.
-    pub(crate) fn route(&self, app: &str, prefix: &str) -> Option<Arc<RouteMetrics>> {
+    pub(crate) fn route(&self, app: &str, prefix: &str) -> Option<RouteId> {
         if !self.enabled() {
             return None;
         }
-        let mut routes = self.routes();
-        if let Some(r) = routes.iter().find(|r| r.app == app && r.route == prefix) {
-            return Some(r.clone());
-        }
-        let r = Arc::new(RouteMetrics::new(app, prefix));
-        routes.push(r.clone());
-        Some(r)
+        self.routes.find_or_push(app, prefix).map(RouteId)
     }
 
     /// Starts observing one request: `route` is the matched route's block and name, `None` for
@@ -352,17 +412,17 @@ impl ProxyMetrics {
     /// records a `499` (the client went away).
     pub(crate) fn observe(
         &self,
-        route: Option<(&Option<Arc<RouteMetrics>>, &str, &str)>,
+        route: Option<(Option<RouteId>, &str, &str)>,
         method: &Method,
         path: &str,
         request_id: &Arc<str>,
-    ) -> HttpObservation {
+    ) -> HttpObservation<'_> {
         let metrics = match route {
-            Some((m, _, _)) => m.clone(),
-            None if self.enabled() => Some(self.not_found.clone()),
+            Some((id, _, _)) => id.and_then(|RouteId(i)| self.routes.get(i)),
+            None if self.enabled() => self.routes.get(0),
             None => None,
         };
-        if let Some(m) = &metrics {
+        if let Some(m) = metrics {
             m.start();
         }
         let log = (self.access_log
@@ -396,15 +456,15 @@ struct AccessLog {
 }
 
 /// One HTTP request being observed. See [`ProxyMetrics::observe`].
-pub(crate) struct HttpObservation {
-    metrics: Option<Arc<RouteMetrics>>,
+pub(crate) struct HttpObservation<'a> {
+    metrics: Option<&'a RouteMetrics>,
     method: u8,
     start: Option<Instant>,
     log: Option<Box<AccessLog>>,
     done: bool,
 }
 
-impl HttpObservation {
+impl HttpObservation<'_> {
     /// Records the response's status (and logs the access line).
     pub(crate) fn finish(mut self, status: StatusCode) {
         self.done = true;
@@ -413,7 +473,7 @@ impl HttpObservation {
 
     fn record(&mut self, status: u16) {
         let latency = self.start.map_or(Duration::ZERO, |s| s.elapsed());
-        if let Some(m) = &self.metrics {
+        if let Some(m) = self.metrics {
             m.record(usize::from(self.method), status, latency);
         }
         if let Some(log) = self.log.take() {
@@ -437,7 +497,7 @@ impl HttpObservation {
     }
 }
 
-impl Drop for HttpObservation {
+impl Drop for HttpObservation<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.record(499);
@@ -496,6 +556,56 @@ impl DeploymentMetrics {
         }
         self.latency.observe_duration(start.elapsed());
     }
+}
+
+tokio::task_local! {
+    /// The replica a request runs on, while its handler runs (see [`in_replica`]).
+    static REPLICA: Arc<ReplicaLabels>;
+}
+
+/// Who serves a request: ferroserve's log format adds these to every line logged while a
+/// handler runs.
+pub(crate) struct ReplicaLabels {
+    application: Arc<String>,
+    deployment: Arc<str>,
+    replica: String,
+}
+
+impl ReplicaLabels {
+    /// The labels of replica `replica` of `deployment` (its application from `metrics`).
+    pub(crate) fn new(metrics: &DeploymentMetrics, replica: &str) -> Self {
+        ReplicaLabels {
+            application: metrics.app(),
+            deployment: metrics.deployment.clone(),
+            replica: replica.to_owned(),
+        }
+    }
+}
+
+/// Runs `fut` as work of the replica `labels` name: lines it logs carry them. Costs a
+/// thread-local swap per poll; nothing is formatted unless a line is logged.
+pub(crate) fn in_replica<F: std::future::Future>(
+    labels: Arc<ReplicaLabels>,
+    fut: F,
+) -> impl std::future::Future<Output = F::Output> {
+    REPLICA.scope(labels, fut)
+}
+
+/// Runs the synchronous `f` as work of the replica `labels` name.
+pub(crate) fn in_replica_sync<R>(labels: Arc<ReplicaLabels>, f: impl FnOnce() -> R) -> R {
+    REPLICA.sync_scope(labels, f)
+}
+
+/// The labels of the request being handled on this thread, with its request id, as
+/// `(application, deployment, replica, request_id)`.
+pub(crate) fn with_current_labels<R>(f: impl FnOnce(&str, &str, &str, &str) -> R) -> Option<R> {
+    REPLICA
+        .try_with(|l| {
+            let ctx = crate::context::current();
+            let request_id = ctx.as_ref().map_or("", |c| c.request_id());
+            f(&l.application, &l.deployment, &l.replica, request_id)
+        })
+        .ok()
 }
 
 /// What a scrape reads from one deployment of one application.
@@ -611,12 +721,12 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 /// The metrics text (Prometheus text format 0.0.4) for the proxy's routes and `deployments`.
 pub(crate) fn render(proxy: &ProxyMetrics, deployments: &[DeploymentSample]) -> String {
     let mut out = String::with_capacity(8192);
-    let routes: Vec<Arc<RouteMetrics>> = {
-        let mut r = proxy.routes().clone();
-        if proxy.enabled() {
-            r.push(proxy.not_found.clone());
-        }
-        r
+    let routes: Vec<&RouteMetrics> = if proxy.enabled() {
+        (0..proxy.routes.len())
+            .filter_map(|i| proxy.routes.get(i))
+            .collect()
+    } else {
+        Vec::new()
     };
     let ingress_of = |app: &str| {
         deployments
@@ -807,16 +917,25 @@ pub(crate) fn render(proxy: &ProxyMetrics, deployments: &[DeploymentSample]) -> 
         "Replicas of the deployment, by state.",
     );
     for d in deployments {
-        for (state, name) in [
-            (ReplicaState::Starting, "STARTING"),
-            (ReplicaState::Running, "RUNNING"),
-            (ReplicaState::Stopping, "STOPPING"),
-        ] {
-            let n = d.replicas.iter().filter(|r| r.state == state).count();
+        // Every state a replica is in, named as `status` names it, and the three basic ones
+        // even when empty.
+        let mut counts: BTreeMap<String, usize> = ["RUNNING", "STARTING", "STOPPING"]
+            .into_iter()
+            .map(|s| (s.to_owned(), 0))
+            .collect();
+        for r in &d.replicas {
+            let state = serde_json::to_value(r.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| format!("{:?}", r.state));
+            *counts.entry(state).or_default() += 1;
+        }
+        for (state, n) in counts {
             let _ = writeln!(
                 out,
-                "serve_deployment_replicas{{{},state=\"{name}\"}} {n}",
-                dep_labels(d)
+                "serve_deployment_replicas{{{},state=\"{}\"}} {n}",
+                dep_labels(d),
+                escape(&state)
             );
         }
     }
@@ -962,7 +1081,16 @@ mod tests {
     fn metrics_paths() {
         assert!(validate_metrics_path("/metrics").is_ok());
         assert!(validate_metrics_path("/-/metrics").is_ok());
-        for bad in ["", "/", "metrics", "/m/", "/m?x", "/a b"] {
+        for bad in [
+            "",
+            "/",
+            "metrics",
+            "/m/",
+            "/m?x",
+            "/a b",
+            "/-/healthz",
+            "/-/routes",
+        ] {
             assert!(validate_metrics_path(bad).is_err(), "{bad}");
         }
     }

@@ -31,7 +31,7 @@ use crate::controller::Controller;
 use crate::error::Error;
 use crate::handle::uuid_v4;
 use crate::ingress::HttpEndpoint;
-use crate::metrics::{self, ProxyMetrics, RouteMetrics};
+use crate::metrics::{self, ProxyMetrics, RouteId};
 
 /// One mounted application.
 pub(crate) struct Route {
@@ -41,7 +41,7 @@ pub(crate) struct Route {
     pub(crate) app_name: String,
     pub(crate) endpoint: Arc<dyn HttpEndpoint>,
     /// The route's metric series, attached by [`ProxyState::set_routes`] (`None`: metrics off).
-    metrics: Option<Arc<RouteMetrics>>,
+    metrics: Option<RouteId>,
 }
 
 impl Route {
@@ -151,7 +151,7 @@ async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Respons
         let routes = state.routes.load();
         let route = find_route(&routes, &state.root_path, path);
         let observation = state.metrics.observe(
-            route.map(|r| (&r.metrics, &*r.prefix, r.app_name.as_str())),
+            route.map(|r| (r.metrics, &*r.prefix, r.app_name.as_str())),
             req.method(),
             path,
             &request_id,

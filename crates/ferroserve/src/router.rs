@@ -32,6 +32,8 @@ pub(crate) struct Replica<T> {
     pub(crate) id: String,
     /// The replica's HTTP app (axum router), built on first use by an API ingress.
     pub(crate) http: OnceLock<crate::api::HttpApp>,
+    /// Who this replica is, for log lines (built on its first request).
+    pub(crate) labels: OnceLock<Arc<crate::metrics::ReplicaLabels>>,
     in_flight: AtomicUsize,
 }
 
@@ -41,6 +43,7 @@ impl<T> Replica<T> {
             instance: Arc::new(instance),
             id,
             http: OnceLock::new(),
+            labels: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
         }
     }

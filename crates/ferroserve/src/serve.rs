@@ -431,19 +431,94 @@ pub fn init_logging() {
 /// Installs ferroserve's log output as a config's `logging_config` asks: its level (unless
 /// `RUST_LOG` is set) and `TEXT` or `JSON` lines on stderr. Does nothing if a global subscriber
 /// is already set.
+///
+/// Every line logged while a handler runs names who serves the request: `TEXT` lines end with
+/// `application=.. deployment=.. replica=.. request_id=..`, `JSON` objects carry those four
+/// keys. Finding them costs nothing until a line is logged.
 pub fn init_logging_with(config: &crate::config::LoggingConfig) {
+    init_logging_to(config, std::io::stderr);
+}
+
+/// As [`init_logging_with`], writing to `writer` instead of stderr (e.g. to capture the lines).
+pub fn init_logging_to<W>(config: &crate::config::LoggingConfig, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log_level.directive()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match config.encoding {
         crate::config::LogEncoding::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .map_event_format(|format| WithReplica {
+                inner: format,
+                json: false,
+            })
             .try_init(),
-        crate::config::LogEncoding::Json => builder.json().with_ansi(false).try_init(),
+        crate::config::LogEncoding::Json => builder
+            .json()
+            .with_ansi(false)
+            .map_event_format(|format| WithReplica {
+                inner: format,
+                json: true,
+            })
+            .try_init(),
     };
+}
+
+/// An event format that adds the serving replica's labels to lines logged inside a handler.
+struct WithReplica<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithReplica<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let labels = crate::metrics::with_current_labels(|app, dep, replica, id| {
+            [app, dep, replica, id].map(str::to_owned)
+        });
+        let Some([application, deployment, replica, request_id]) = labels else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let body = line.strip_suffix('\n').unwrap_or(&line);
+        if self.json {
+            if let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(body) {
+                for (key, value) in [
+                    ("application", application),
+                    ("deployment", deployment),
+                    ("replica", replica),
+                    ("request_id", request_id),
+                ] {
+                    map.insert(key.to_owned(), value.into());
+                }
+                return writeln!(writer, "{}", serde_json::Value::Object(map));
+            }
+            return writeln!(writer, "{body}");
+        }
+        writeln!(
+            writer,
+            "{body} application={application} deployment={deployment} replica={replica} request_id={request_id}"
+        )
+    }
 }
 
 /// Serves one application on `127.0.0.1:8000` (or `$FERROSERVE_HOST`/`$FERROSERVE_PORT`) until

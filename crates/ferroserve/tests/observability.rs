@@ -320,11 +320,9 @@ fn captured_logs() -> &'static Mutex<Vec<u8>> {
                 Ok(())
             }
         }
-        tracing_subscriber::fmt()
-            .json()
-            .with_env_filter("info")
-            .with_writer(move || Sink(logs))
-            .init();
+        let mut config = ferroserve::config::LoggingConfig::default();
+        config.encoding = ferroserve::config::LogEncoding::Json;
+        ferroserve::serve::init_logging_to(&config, move || Sink(logs));
         logs
     })
 }
