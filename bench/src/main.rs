@@ -12,8 +12,8 @@
 //! The markdown report goes to stdout, to `bench/RESULTS.md`, and into `bench/README.md`
 //! between the `<!-- results:start -->` / `<!-- results:end -->` markers; progress goes to
 //! stderr. Knobs (environment): `BENCH_ROUNDS` (5, at least 2), `BENCH_DURATION` (5 s),
-//! `BENCH_ONLY` (`observability`: only the metrics/access-log cost scenario, printed and not
-//! written to RESULTS.md), `BENCH_WARMUP` (1 s), `BENCH_CONNECTIONS` (16), `BENCH_JSON_CONNECTIONS` (4),
+//! `BENCH_ONLY` (`observability`: only the metrics/access-log/log-level cost section, printed
+//! and not written to RESULTS.md; `metrics`: only its metrics row), `BENCH_WARMUP` (1 s), `BENCH_CONNECTIONS` (16), `BENCH_JSON_CONNECTIONS` (4),
 //! `BENCH_TTFB_REQUESTS` (1000), `BENCH_CANCELS` (1000), `BENCH_STARTUP_RUNS` (5),
 //! `BENCH_MAX_OTHER` (0.1 cores), `BENCH_QUIET_BUDGET` (300 s), `BENCH_PIDFILE` (where the live
 //! server PIDs are kept, so the calling script can kill them on exit).
@@ -1573,7 +1573,11 @@ fn observability_cost(cfg: &Config, get_lua: &Path) -> Result<String> {
             &["no-access-log", "log-warn"],
         ),
     ];
+    let only_metrics = std::env::var("BENCH_ONLY").as_deref() == Ok("metrics");
     for (i, (a_name, a_args, b_name, b_args)) in pairs.into_iter().enumerate() {
+        if only_metrics && i > 0 {
+            break;
+        }
         eprintln!("observability {i}: {a_name} (A) vs {b_name} (B)");
         let t0 = Instant::now();
         let mut a = Server::spawn(cfg, &format!("on-obs{i}"), "fs_counter", a_args)?;
@@ -1692,7 +1696,10 @@ fn main() {
             .unwrap_or(0.1),
         quiet_budget_s: std::cell::Cell::new(env_num("BENCH_QUIET_BUDGET", 300) as f64),
     };
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("observability") {
+    if matches!(
+        std::env::var("BENCH_ONLY").as_deref(),
+        Ok("observability" | "metrics")
+    ) {
         let report = write_lua(&cfg, "get.lua", "").and_then(|lua| observability_cost(&cfg, &lua));
         match report {
             Ok(report) => println!("{report}"),

@@ -179,15 +179,11 @@ impl Controller {
         let apps = self.apps();
         for app in apps.iter() {
             for node in &app.nodes {
-                node.0
-                    .metrics()
-                    .0
-                    .bind(&app.name, self.proxy.metrics.enabled());
+                let (metrics, _) = node.0.metrics();
+                metrics.bind(&app.name, self.proxy.metrics.enabled());
             }
         }
-        drop(apps);
-        let routes = self
-            .apps()
+        let routes = apps
             .iter()
             .filter_map(|a| {
                 Some(Route::new(
@@ -198,6 +194,7 @@ impl Controller {
                 ))
             })
             .collect();
+        drop(apps);
         self.proxy.set_routes(routes);
     }
 

@@ -322,10 +322,13 @@ pub(crate) struct ProxyMetrics {
 const MAX_ROUTES: usize = CHUNK * CHUNK;
 const CHUNK: usize = 64;
 
+/// [`CHUNK`] route blocks, each set once.
+type Chunk = Box<[OnceLock<RouteMetrics>]>;
+
 /// An append-only list of route blocks that hands out plain references: chunks are allocated
 /// on demand and never move or shrink while the server lives.
 struct RouteArena {
-    chunks: Box<[OnceLock<Box<[OnceLock<RouteMetrics>]>>]>,
+    chunks: Box<[OnceLock<Chunk>]>,
     /// Blocks in use; appends take this lock (when routes are published), reads do not.
     len: Mutex<usize>,
 }

@@ -444,29 +444,44 @@ pub fn init_logging_to<W>(config: &crate::config::LoggingConfig, writer: W)
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
+    let _ = tracing::subscriber::set_global_default(log_subscriber(config, writer));
+}
+
+/// The subscriber [`init_logging_to`] installs.
+fn log_subscriber<W>(
+    config: &crate::config::LoggingConfig,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log_level.directive()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
-    let _ = match config.encoding {
-        crate::config::LogEncoding::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .map_event_format(|format| WithReplica {
-                inner: format,
-                json: false,
-            })
-            .try_init(),
-        crate::config::LogEncoding::Json => builder
-            .json()
-            .with_ansi(false)
-            .map_event_format(|format| WithReplica {
-                inner: format,
-                json: true,
-            })
-            .try_init(),
-    };
+    match config.encoding {
+        crate::config::LogEncoding::Text => Box::new(
+            builder
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .map_event_format(|format| WithReplica {
+                    inner: format,
+                    json: false,
+                })
+                .finish(),
+        ),
+        crate::config::LogEncoding::Json => Box::new(
+            builder
+                .json()
+                .with_ansi(false)
+                .map_event_format(|format| WithReplica {
+                    inner: format,
+                    json: true,
+                })
+                .finish(),
+        ),
+    }
 }
 
 /// An event format that adds the serving replica's labels to lines logged inside a handler.
@@ -536,4 +551,74 @@ pub fn run(app: impl Into<Application>) -> Result<(), Error> {
         tracing::error!("{e}");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LogEncoding, LoggingConfig};
+    use crate::metrics::{in_replica_sync, DeploymentMetrics, ReplicaLabels};
+    use std::sync::Mutex;
+
+    /// What `config`'s log format writes for one line logged outside and one inside a handler.
+    fn two_lines(encoding: LogEncoding) -> Vec<String> {
+        let out: Arc<Mutex<Vec<u8>>> = Arc::default();
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let config = LoggingConfig {
+            encoding,
+            ..LoggingConfig::default()
+        };
+        let sink = out.clone();
+        let subscriber = log_subscriber(&config, move || Sink(sink.clone()));
+        let metrics = DeploymentMetrics::new(&Arc::from("Model"));
+        metrics.bind("iris", true);
+        let labels = Arc::new(ReplicaLabels::new(&metrics, "Model#3"));
+        let ctx = crate::context::RequestContext::new("req-7", None);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("outside");
+            ctx.enter(|| in_replica_sync(labels, || tracing::warn!("inside")));
+        });
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn text_lines_in_a_handler_end_with_the_replica() {
+        let lines = two_lines(LogEncoding::Text);
+        assert!(lines[0].ends_with("outside"), "{lines:?}");
+        assert!(
+            lines[1].ends_with(
+                "inside application=iris deployment=Model replica=Model#3 request_id=req-7"
+            ),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn json_lines_in_a_handler_carry_the_replica() {
+        let lines = two_lines(LogEncoding::Json);
+        let parse = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap();
+        let (outside, inside) = (parse(&lines[0]), parse(&lines[1]));
+        assert_eq!(outside["fields"]["message"], "outside");
+        assert!(outside.get("replica").is_none(), "{outside}");
+        assert_eq!(inside["fields"]["message"], "inside");
+        assert_eq!(inside["level"], "WARN");
+        for (key, value) in [
+            ("application", "iris"),
+            ("deployment", "Model"),
+            ("replica", "Model#3"),
+            ("request_id", "req-7"),
+        ] {
+            assert_eq!(inside[key], value, "{inside}");
+        }
+    }
 }

@@ -363,18 +363,19 @@ async fn log_lines_carry_the_replica_and_errors_their_cause_chain() {
             .unwrap_or_else(|| panic!("no line {m:?} in {lines:#?}"))
             .clone()
     };
-    // The handler's own line and the error line run inside the replica's span.
+    // The handler's own line and the error line name who served the request.
     for line in [
         with_message("handling /fail"),
         with_message("request failed"),
     ] {
-        let span = &line["span"];
-        assert_eq!(span["name"], "replica", "{line}");
-        assert_eq!(span["application"], "logs", "{line}");
-        assert_eq!(span["deployment"], "Obs", "{line}");
-        assert_eq!(span["replica"], "Obs#0", "{line}");
-        assert_eq!(span["request_id"], "req-fail", "{line}");
+        assert_eq!(line["application"], "logs", "{line}");
+        assert_eq!(line["deployment"], "Obs", "{line}");
+        assert_eq!(line["replica"], "Obs#0", "{line}");
+        assert_eq!(line["request_id"], "req-fail", "{line}");
     }
+    // Lines logged outside a handler do not.
+    let startup = with_message("ferroserve listening on");
+    assert!(startup.get("replica").is_none(), "{startup}");
     let error = with_message("request failed");
     assert_eq!(error["level"], "ERROR");
     assert_eq!(
