@@ -7,7 +7,7 @@
 # after the build on a quiet machine.
 #
 # Usage, from the repository root:  bash bench/run.sh
-# Knobs: BENCH_ROUNDS (5), BENCH_DURATION (5), BENCH_WARMUP (1), BENCH_CONNECTIONS (16),
+# Knobs: BENCH_ONLY (observability: only the metrics/access-log cost section; metrics: only its metrics row), BENCH_ROUNDS (5), BENCH_DURATION (5), BENCH_WARMUP (1), BENCH_CONNECTIONS (16),
 #        BENCH_JSON_CONNECTIONS (4), BENCH_TTFB_REQUESTS (1000), BENCH_CANCELS (1000),
 #        BENCH_STARTUP_RUNS (5), BENCH_MAX_OTHER (0.1), BENCH_QUIET_BUDGET (300),
 #        CARGO_TARGET_DIR (~/.cache/ferroserve-target).

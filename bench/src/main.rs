@@ -12,7 +12,8 @@
 //! The markdown report goes to stdout, to `bench/RESULTS.md`, and into `bench/README.md`
 //! between the `<!-- results:start -->` / `<!-- results:end -->` markers; progress goes to
 //! stderr. Knobs (environment): `BENCH_ROUNDS` (5, at least 2), `BENCH_DURATION` (5 s),
-//! `BENCH_WARMUP` (1 s), `BENCH_CONNECTIONS` (16), `BENCH_JSON_CONNECTIONS` (4),
+//! `BENCH_ONLY` (`observability`: only the metrics/access-log/log-level cost section, printed
+//! and not written to RESULTS.md; `metrics`: only its metrics row), `BENCH_WARMUP` (1 s), `BENCH_CONNECTIONS` (16), `BENCH_JSON_CONNECTIONS` (4),
 //! `BENCH_TTFB_REQUESTS` (1000), `BENCH_CANCELS` (1000), `BENCH_STARTUP_RUNS` (5),
 //! `BENCH_MAX_OTHER` (0.1 cores), `BENCH_QUIET_BUDGET` (300 s), `BENCH_PIDFILE` (where the live
 //! server PIDs are kept, so the calling script can kill them on exit).
@@ -1527,12 +1528,94 @@ fn run(cfg: &Config) -> Result<String> {
             fmt_us(max)
         );
     }
+    let _ = writeln!(report);
+    report.push_str(&observability_cost(cfg, &get_lua)?);
     let _ = writeln!(
         report,
         "\nLoad average after the run (1/5/15 min): {}.",
         loadavg()
     );
     Ok(report)
+}
+
+/// The cost of metrics and of the access log: the `counter` scenario on ferroserve with the
+/// feature on (A) against the same binary with it off (B), A B A B; `### 10.` of the report,
+/// or all of it with `BENCH_ONLY=observability`.
+fn observability_cost(cfg: &Config, get_lua: &Path) -> Result<String> {
+    let load = Load::Wrk {
+        script: get_lua,
+        path: "/?a=b&c=d",
+        connections: cfg.connections,
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### 10. Observability cost (`counter` on ferroserve, A B A B, {} rounds of {} s, {} connections)\n",
+        cfg.rounds, cfg.duration_s, cfg.connections
+    );
+    let _ = writeln!(
+        out,
+        "| A (on) | B (off) | A req/s | B req/s | A/B per round | A/B median | A cpu | B cpu |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---|---:|---:|---:|");
+    let pairs: [(&str, &[&str], &str, &[&str]); 3] = [
+        (
+            "metrics on",
+            &["no-access-log"],
+            "metrics off",
+            &["no-access-log", "no-metrics"],
+        ),
+        ("access log on", &[], "access log off", &["no-access-log"]),
+        (
+            "`INFO` (replica labels)",
+            &["no-access-log"],
+            "`WARNING`",
+            &["no-access-log", "log-warn"],
+        ),
+    ];
+    let only_metrics = std::env::var("BENCH_ONLY").as_deref() == Ok("metrics");
+    for (i, (a_name, a_args, b_name, b_args)) in pairs.into_iter().enumerate() {
+        if only_metrics && i > 0 {
+            break;
+        }
+        eprintln!("observability {i}: {a_name} (A) vs {b_name} (B)");
+        let t0 = Instant::now();
+        let mut a = Server::spawn(cfg, &format!("on-obs{i}"), "fs_counter", a_args)?;
+        a.wait_ready("/-/healthz", t0)?;
+        let t0 = Instant::now();
+        let mut b = Server::spawn(cfg, &format!("off-obs{i}"), "fs_counter", b_args)?;
+        b.wait_ready("/-/healthz", t0)?;
+        check_same(&a, &b, "GET", "/?a=b&c=d", None)?;
+        let res = run_ab(cfg, &mut a, &mut b, &load)?;
+        let med = |runs: &[WrkRun], f: fn(&WrkRun) -> f64| median(runs.iter().map(f).collect());
+        let ratios: Vec<f64> = res
+            .a
+            .iter()
+            .zip(&res.b)
+            .map(|(a, b)| a.rps / b.rps)
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {a_name} | {b_name} | {} | {} | {} | **{:.3}** | {:.1} µs/req | {:.1} µs/req |",
+            fmt_rps(med(&res.a, |r| r.rps)),
+            fmt_rps(med(&res.b, |r| r.rps)),
+            ratios
+                .iter()
+                .map(|r| format!("{r:.3}"))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            median(ratios.clone()),
+            med(&res.a, |r| r.cpu_us_per_req),
+            med(&res.b, |r| r.cpu_us_per_req),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nGoal: metrics cost < 3% of `counter` throughput (A/B ≥ 0.97 on the first row). The access \
+         log writes one line per request to stderr (here a file). The last row is what logging at \
+         `INFO` costs a request that logs nothing (replica labels set around the handler)."
+    );
+    Ok(out)
 }
 
 impl Server {
@@ -1613,6 +1696,20 @@ fn main() {
             .unwrap_or(0.1),
         quiet_budget_s: std::cell::Cell::new(env_num("BENCH_QUIET_BUDGET", 300) as f64),
     };
+    if matches!(
+        std::env::var("BENCH_ONLY").as_deref(),
+        Ok("observability" | "metrics")
+    ) {
+        let report = write_lua(&cfg, "get.lua", "").and_then(|lua| observability_cost(&cfg, &lua));
+        match report {
+            Ok(report) => println!("{report}"),
+            Err(e) => {
+                eprintln!("benchmark failed: {e}");
+                std::process::exit(1);
+            }
+        }
+        return;
+    }
     match run(&cfg) {
         Ok(report) => {
             println!("{report}");

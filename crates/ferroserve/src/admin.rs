@@ -5,6 +5,7 @@
 //! | `GET /api/serve/applications/` | `200` JSON: `http_options`, `applications` (status, message, deployments, replicas, deployed config) and `config` (the running config) |
 //! | `PUT /api/serve/applications/` with a config (YAML or JSON) | applies it and answers `200` with the new status once applied; `400` `{"error", "issues": [{line, column, path, message}]}` when the config is invalid, with nothing changed |
 //! | `DELETE /api/serve/applications/` | `200`, then the server drains and exits as on SIGTERM |
+//! | `GET /metrics` | `200`: the proxy's Prometheus metrics (see [`crate::metrics`]), wherever the proxy serves them |
 //!
 //! Config bodies are limited to 1 MiB (`413` beyond).
 
@@ -22,20 +23,32 @@ use tokio::sync::Notify;
 
 use crate::config::ServeConfig;
 use crate::controller::Controller;
+use crate::proxy::ProxyState;
 
 const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 #[derive(Clone)]
 struct Admin {
+    proxy: Arc<ProxyState>,
     controller: Arc<Controller>,
     stop: Arc<Notify>,
 }
 
 /// Serves the admin API until the task is aborted.
-pub(crate) async fn serve(listener: TcpListener, controller: Arc<Controller>, stop: Arc<Notify>) {
-    let state = Admin { controller, stop };
+pub(crate) async fn serve(
+    listener: TcpListener,
+    proxy: Arc<ProxyState>,
+    controller: Arc<Controller>,
+    stop: Arc<Notify>,
+) {
+    let state = Admin {
+        proxy,
+        controller,
+        stop,
+    };
     let applications = get(status).put(deploy).delete(shutdown);
     let app = axum::Router::new()
+        .route("/metrics", get(metrics))
         .route("/api/serve/applications/", applications.clone())
         .route("/api/serve/applications", applications)
         .layer(DefaultBodyLimit::max(MAX_CONFIG_BYTES))
@@ -43,6 +56,10 @@ pub(crate) async fn serve(listener: TcpListener, controller: Arc<Controller>, st
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("admin API stopped: {e}");
     }
+}
+
+async fn metrics(State(admin): State<Admin>) -> Response {
+    admin.proxy.metrics_response()
 }
 
 async fn status(State(admin): State<Admin>) -> Response {

@@ -89,11 +89,11 @@ pub const DEFAULT_MAX_CONCURRENT_BATCHES: usize = 1;
 /// caller to read.
 const STREAM_BUFFER: usize = 16;
 
-/// Called with the size of every batch, at the one place where a batch starts. A no-op for now;
-/// the metrics module hooks in here (`serve_batch_size`).
+/// Called with the size of every batch, at the one place where a batch starts: feeds
+/// `serve_actual_batch_size` (one short lock per batch, not per item).
 #[inline]
 pub(crate) fn record_batch_size(batch_name: &str, size: usize) {
-    let _ = (batch_name, size);
+    crate::metrics::batch_size(batch_name, size);
 }
 
 /// Why a batched call did not produce its output.

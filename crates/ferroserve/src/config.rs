@@ -71,6 +71,14 @@ pub struct HttpOptionsConfig {
     /// `/serve/iris/predict` reaches application `/iris`. Default `""`.
     #[serde(default)]
     pub root_path: String,
+    /// Where the proxy answers with Prometheus metrics. Default `/metrics`; `null` turns
+    /// metrics off (no endpoint, no collection).
+    #[serde(default = "default_metrics_path")]
+    pub metrics_path: Option<String>,
+}
+
+fn default_metrics_path() -> Option<String> {
+    Some(crate::metrics::DEFAULT_METRICS_PATH.to_owned())
 }
 
 fn default_host() -> String {
@@ -91,6 +99,7 @@ impl Default for HttpOptionsConfig {
             request_timeout_s: None,
             keep_alive_timeout_s: default_keep_alive(),
             root_path: String::new(),
+            metrics_path: default_metrics_path(),
         }
     }
 }
@@ -133,6 +142,13 @@ pub struct LoggingConfig {
     /// `TEXT` (default) or `JSON` (one object per line).
     #[serde(default)]
     pub encoding: LogEncoding,
+    /// One `INFO` access-log line per request (target `ferroserve::access`). Default true.
+    #[serde(default = "default_true")]
+    pub enable_access_log: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for LoggingConfig {
@@ -140,6 +156,7 @@ impl Default for LoggingConfig {
         LoggingConfig {
             log_level: LogLevel::Info,
             encoding: LogEncoding::Text,
+            enable_access_log: true,
         }
     }
 }
@@ -438,6 +455,11 @@ impl ServeConfig {
                 format!("must be empty or start with '/' and not end with '/', got '{root}'"),
             );
         }
+        if let Some(path) = &http.metrics_path {
+            if let Err(e) = crate::metrics::validate_metrics_path(path) {
+                issue("http_options.metrics_path".into(), e);
+            }
+        }
         for (i, app) in self.applications.iter().enumerate() {
             let at = |field: &str| format!("applications[{i}].{field}");
             if app.name.is_empty() {
@@ -575,6 +597,7 @@ impl HttpOptionsConfig {
             request_timeout: self.request_timeout_s.map(Duration::from_secs_f64),
             keep_alive_timeout: Duration::from_secs_f64(self.keep_alive_timeout_s),
             root_path: self.root_path.clone(),
+            metrics_path: self.metrics_path.clone(),
             ..Default::default()
         }
     }
@@ -921,6 +944,29 @@ mod tests {
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn metrics_path_and_access_log() {
+        let ok = |text: &str| ServeConfig::parse(text, "serve.yaml").unwrap();
+        let c = ok("applications: []\n");
+        assert_eq!(c.http_options.metrics_path.as_deref(), Some("/metrics"));
+        assert!(c.logging_config.enable_access_log);
+        let c = ok("http_options:\n  metrics_path: /-/metrics\nlogging_config:\n  enable_access_log: false\n");
+        assert_eq!(
+            c.http_options.to_options().metrics_path.as_deref(),
+            Some("/-/metrics")
+        );
+        assert!(!c.logging_config.enable_access_log);
+        let c = ok("http_options:\n  metrics_path: null\n");
+        assert_eq!(c.http_options.to_options().metrics_path, None);
+        let e = err("http_options:\n  metrics_path: metrics\n");
+        assert!(
+            e.starts_with("serve.yaml:2:3: http_options.metrics_path: must start with '/'"),
+            "{e}"
+        );
+        let e = err("logging_config:\n  enable_access_logs: false\n");
+        assert!(e.contains("unknown field `enable_access_logs`"), "{e}");
     }
 
     #[test]

@@ -175,10 +175,17 @@ impl Controller {
         Ok(())
     }
 
-    /// Rebuilds the proxy's route table from the applications that have an endpoint.
+    /// Rebuilds the proxy's route table from the applications that have an endpoint, and binds
+    /// every deployment's metrics to its application.
     fn publish_routes(&self) {
-        let routes = self
-            .apps()
+        let apps = self.apps();
+        for app in apps.iter() {
+            for node in &app.nodes {
+                let (metrics, _) = node.0.metrics();
+                metrics.bind(&app.name, self.proxy.metrics.enabled());
+            }
+        }
+        let routes = apps
             .iter()
             .filter_map(|a| {
                 Some(Route::new(
@@ -189,6 +196,7 @@ impl Controller {
                 ))
             })
             .collect();
+        drop(apps);
         self.proxy.set_routes(routes);
     }
 
@@ -513,6 +521,25 @@ impl Controller {
             http_options: self.base.http_options.clone(),
             applications: Value::Object(applications),
         }
+    }
+
+    /// What `/metrics` reads from every deployment of every application.
+    pub(crate) fn metric_samples(&self) -> Vec<crate::metrics::DeploymentSample> {
+        let apps = self.apps();
+        let mut out = Vec::new();
+        for app in apps.iter() {
+            for (i, node) in app.nodes.iter().enumerate() {
+                let (metrics, queued) = node.0.metrics();
+                out.push(crate::metrics::DeploymentSample {
+                    app: app.name.clone(),
+                    metrics,
+                    queued,
+                    replicas: node.0.replicas(),
+                    ingress: i + 1 == app.nodes.len(),
+                });
+            }
+        }
+        out
     }
 
     /// The running config: the server's fixed parts and every application's last deployed

@@ -535,6 +535,8 @@ pub(crate) trait AnyNode: Send + Sync {
     fn target(&self) -> usize;
     /// What went wrong last, while the deployment is short of its target.
     fn message(&self) -> String;
+    /// The router's metric series and its queue length now (for `/metrics`).
+    fn metrics(&self) -> (Arc<crate::metrics::DeploymentMetrics>, usize);
 }
 
 /// A reference to a node of the application graph (opaque).
@@ -870,6 +872,11 @@ impl<T: Send + Sync + 'static> AnyNode for Node<T> {
 
     fn message(&self) -> String {
         self.supervision.message()
+    }
+
+    fn metrics(&self) -> (Arc<crate::metrics::DeploymentMetrics>, usize) {
+        let router = self.router.load();
+        (router.metrics().clone(), router.num_queued())
     }
 }
 

@@ -148,7 +148,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         let body = if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %self, "request failed");
+            tracing::error!(error = %chain(&self), "request failed");
             "Internal Server Error".to_owned()
         } else {
             self.to_string()
@@ -197,7 +197,7 @@ impl HandlerError {
             Ok(error) => *error,
             Err(other) => Error::Deployment {
                 deployment: deployment.to_owned(),
-                detail: other.to_string(),
+                detail: chain(&*other),
             },
         }
     }
@@ -218,6 +218,22 @@ impl aide::OperationOutput for HandlerError {
 
 impl aide::OperationOutput for Error {
     type Inner = ();
+}
+
+/// `error` and its `source()` chain, `": "`-separated (a cause already at the end of the text,
+/// as `#[error("...: {source}")]` puts it, is not repeated). For logs only.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 /// Formats seconds as Python prints a float (`5.0`, `0.5`), so timeout messages match Ray's.
@@ -250,6 +266,28 @@ mod tests {
             timeout: Duration::from_secs(2),
         };
         assert_eq!(e.to_string(), "Request abc timed out after 2.0s.");
+    }
+
+    #[test]
+    fn chains_list_every_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading the model failed")]
+        struct Outer(#[source] std::io::Error);
+        let io = std::io::Error::other("disk on fire");
+        assert_eq!(chain(&Outer(io)), "reading the model failed: disk on fire");
+        let startup = Error::Startup {
+            deployment: "M".into(),
+            source: Box::new(Outer(std::io::Error::other("disk on fire"))),
+        };
+        assert_eq!(
+            chain(&startup),
+            "deployment 'M' failed to start: reading the model failed: disk on fire"
+        );
+        let err = HandlerError::from(Outer(std::io::Error::other("gone"))).into_error("M");
+        assert_eq!(
+            err.to_string(),
+            "deployment 'M' failed: reading the model failed: gone"
+        );
     }
 
     #[test]

@@ -17,11 +17,13 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use axum::response::Response;
 use futures_util::FutureExt;
 
 use crate::context::{self, CancelOnDrop, RequestContext};
 use crate::deployment::panic_message;
 use crate::error::Error;
+use crate::metrics::{in_replica, in_replica_sync, ReplicaLabels};
 use crate::router::{Replica, Router, Slot};
 use crate::stream::{HandlesStream, ResponseStream};
 
@@ -194,17 +196,37 @@ where
     F: FnOnce(&Replica<T>) -> Fut,
     Fut: Future,
 {
-    run_keeping_slot(router, ctx, f)
+    run_observed(router, ctx, f, |_| false)
         .await
         .map(|(out, _slot)| out)
 }
 
-/// As [`run_on_replica`], but hands the slot back with the output, for a response that goes on
-/// streaming after the handler returns.
+/// As [`run_on_replica`] for an HTTP handler, but hands the slot back with the response, for a
+/// response that goes on streaming after the handler returns. A 5xx response counts as a
+/// deployment error in the metrics.
 pub(crate) async fn run_keeping_slot<T, F, Fut>(
     router: &Arc<Router<T>>,
     ctx: RequestContext,
     f: F,
+) -> Result<(Response, Slot<T>), Error>
+where
+    T: Send + Sync + 'static,
+    F: FnOnce(&Replica<T>) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    run_observed(router, ctx, f, |r| r.status().is_server_error()).await
+}
+
+/// Takes a slot, runs `f` on its replica as that replica's work (every line the handler logs
+/// carries application, deployment, replica and request id), and records the deployment's
+/// metrics: one request, its processing time, and an error if it panicked or `failed` says so.
+/// Cancel safe: dropping it leaves the queue or drops the handler (a dropped request is not
+/// counted here; the proxy counts it as 499).
+async fn run_observed<T, F, Fut>(
+    router: &Arc<Router<T>>,
+    ctx: RequestContext,
+    f: F,
+    failed: fn(&Fut::Output) -> bool,
 ) -> Result<(Fut::Output, Slot<T>), Error>
 where
     T: Send + Sync + 'static,
@@ -215,20 +237,30 @@ where
     let ctx = ctx
         .for_deployment(router.name())
         .on_replica(&slot.replica().models);
-    let fut = f(slot.replica());
+    let metrics = router.metrics();
+    let replica = slot.replica();
+    let labels = replica
+        .labels
+        .get_or_init(|| Arc::new(ReplicaLabels::new(metrics, &replica.id)))
+        .clone();
+    let start = metrics.start();
+    let fut = f(replica);
     let outcome = ctx
         .clone()
-        .scope(AssertUnwindSafe(fut).catch_unwind())
+        .scope(in_replica(
+            labels.clone(),
+            AssertUnwindSafe(fut).catch_unwind(),
+        ))
         .await;
     match outcome {
-        Ok(out) => Ok((out, slot)),
+        Ok(out) => {
+            metrics.finish(start, failed(&out));
+            Ok((out, slot))
+        }
         Err(panic) => {
+            metrics.finish(start, true);
             let detail = panic_message(&*panic);
-            tracing::error!(
-                replica = %slot.replica().id,
-                request_id = ctx.request_id(),
-                "handler {detail}"
-            );
+            ctx.enter(|| in_replica_sync(labels, || tracing::error!("handler {detail}")));
             Err(Error::Deployment {
                 deployment: router.name().to_string(),
                 detail,

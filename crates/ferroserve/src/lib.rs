@@ -49,6 +49,7 @@
 //! | `autoscaling_config` | [`autoscaling`] |
 //! | `check_health(self)`, replica replacement | [`health`], `deployment::supervisor` (internal) |
 //! | the REST API (`/api/serve/applications/`) | `admin` (internal) |
+//! | `/metrics` (Prometheus), access logs | [`metrics`] |
 
 pub mod adapters;
 mod admin;
@@ -66,6 +67,7 @@ pub mod error;
 pub mod handle;
 pub mod health;
 pub mod ingress;
+pub mod metrics;
 pub mod multiplex;
 #[cfg(feature = "onnx")]
 pub mod onnx;

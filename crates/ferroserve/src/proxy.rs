@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -27,9 +27,11 @@ use tokio::sync::watch;
 
 use crate::app::prefix_matches;
 use crate::context::{CancelOnDrop, RequestContext};
+use crate::controller::Controller;
 use crate::error::Error;
 use crate::handle::uuid_v4;
 use crate::ingress::HttpEndpoint;
+use crate::metrics::{self, ProxyMetrics, RouteId};
 
 /// One mounted application.
 pub(crate) struct Route {
@@ -38,6 +40,8 @@ pub(crate) struct Route {
     pub(crate) mount: Arc<str>,
     pub(crate) app_name: String,
     pub(crate) endpoint: Arc<dyn HttpEndpoint>,
+    /// The route's metric series, attached by [`ProxyState::set_routes`] (`None`: metrics off).
+    metrics: Option<RouteId>,
 }
 
 impl Route {
@@ -57,6 +61,7 @@ impl Route {
             mount: mount.into(),
             app_name,
             endpoint,
+            metrics: None,
         }
     }
 }
@@ -71,13 +76,36 @@ pub(crate) struct ProxyState {
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) draining: AtomicBool,
     pub(crate) host: String,
+    /// Metric series, the metrics path and the access-log switch.
+    pub(crate) metrics: ProxyMetrics,
+    /// Where `/metrics` reads deployment gauges from (set once the controller exists).
+    pub(crate) controller: OnceLock<Weak<Controller>>,
 }
 
 impl ProxyState {
-    /// Replaces the route table (sorting it longest prefix first).
+    /// Replaces the route table (sorting it longest prefix first), attaching each route's
+    /// metric series (the same series across republishes).
     pub(crate) fn set_routes(&self, mut routes: Vec<Route>) {
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+        for r in &mut routes {
+            r.metrics = self.metrics.route(&r.app_name, &r.prefix);
+        }
         self.routes.store(Arc::new(routes));
+    }
+
+    /// The `/metrics` response: the text format, gauges read from the routers now.
+    pub(crate) fn metrics_response(&self) -> Response {
+        let samples = self
+            .controller
+            .get()
+            .and_then(Weak::upgrade)
+            .map(|c| c.metric_samples())
+            .unwrap_or_default();
+        (
+            [(http::header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+            metrics::render(&self.metrics, &samples),
+        )
+            .into_response()
     }
 }
 
@@ -109,25 +137,67 @@ fn request_id(req: &http::Request<Incoming>) -> Arc<str> {
 }
 
 /// Serves one request. Cancel safe: dropping it (client gone) cancels the request's work.
+///
+/// Every request but the proxy's own paths is observed: counted in the metrics with its status
+/// (`499` when dropped unfinished) and logged on the access log.
 async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Response {
     let request_id = request_id(&req);
     let model_id = crate::multiplex::header_model_id(req.headers());
     let path = req.uri().path();
-    let routes = state.routes.load();
-    let mut response = if let Some(internal) = path.strip_prefix("/-/") {
+    let mut response = if state.metrics.path() == Some(path) {
+        state.metrics_response()
+    } else if let Some(internal) = path.strip_prefix("/-/") {
         internal_route(&state, internal)
-    } else if let Err(bad_header) = model_id {
-        bad_header.into_response()
-    } else if let Some(route) = find_route(&routes, &state.root_path, path) {
-        let ctx = RequestContext::new(request_id.clone(), state.request_timeout)
-            .in_app(&route.mount)
-            .with_model_id(model_id.ok().flatten());
-        let work = route.endpoint.serve(req.map(Body::new), ctx.clone());
-        drop(routes);
+    } else {
+        let routes = state.routes.load();
+        let route = find_route(&routes, &state.root_path, path);
+        let observation = state.metrics.observe(
+            route.map(|r| (r.metrics, &*r.prefix, r.app_name.as_str())),
+            req.method(),
+            path,
+            &request_id,
+        );
+        let response = match (route, model_id) {
+            (Some(_), Err(bad_header)) => bad_header.into_response(),
+            (Some(route), Ok(model_id)) => {
+                let work = serve_route(&state, route, &request_id, model_id, req);
+                drop(routes);
+                work.await
+            }
+            (None, _) => Error::NotFound {
+                path: path.to_owned(),
+                host: state.host.clone(),
+            }
+            .into_response(),
+        };
+        observation.finish(response.status());
+        response
+    };
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// The work of a request to `route`: its endpoint under the request's context, cancelled when
+/// dropped, cut off at the request timeout.
+fn serve_route(
+    state: &Arc<ProxyState>,
+    route: &Route,
+    request_id: &Arc<str>,
+    model_id: Option<Arc<str>>,
+    req: http::Request<Incoming>,
+) -> impl std::future::Future<Output = Response> + Send + 'static {
+    let request_timeout = state.request_timeout.map(|t| (t, request_id.clone()));
+    let ctx = RequestContext::new(request_id.clone(), state.request_timeout)
+        .in_app(&route.mount)
+        .with_model_id(model_id);
+    let work = route.endpoint.serve(req.map(Body::new), ctx.clone());
+    async move {
         let work = CancelOnDrop::new(ctx, log_disconnect, work);
-        match state.request_timeout {
+        match request_timeout {
             None => work.await,
-            Some(timeout) => match tokio::time::timeout(timeout, work).await {
+            Some((timeout, request_id)) => match tokio::time::timeout(timeout, work).await {
                 Ok(response) => response,
                 Err(_) => {
                     tracing::warn!(request_id = %request_id, "request timed out after {timeout:?}, cancelled");
@@ -139,17 +209,7 @@ async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Respons
                 }
             },
         }
-    } else {
-        Error::NotFound {
-            path: path.to_owned(),
-            host: state.host.clone(),
-        }
-        .into_response()
-    };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
     }
-    response
 }
 
 fn internal_route(state: &ProxyState, route: &str) -> Response {
@@ -301,6 +361,8 @@ mod tests {
             request_timeout: None,
             draining: AtomicBool::new(false),
             host: "127.0.0.1:8000".into(),
+            metrics: ProxyMetrics::new(None, false),
+            controller: OnceLock::new(),
         };
         assert_eq!(internal_route(&state, "healthz").status(), StatusCode::OK);
         state.draining.store(true, Ordering::SeqCst);

@@ -41,6 +41,8 @@ pub(crate) struct Replica<T> {
     pub(crate) http: OnceLock<crate::api::HttpApp>,
     /// The model ids this replica's [`crate::multiplex::Multiplexed`] caches hold.
     pub(crate) models: Arc<ModelIds>,
+    /// Who this replica is, for log lines (built on its first request).
+    pub(crate) labels: OnceLock<Arc<crate::metrics::ReplicaLabels>>,
     in_flight: AtomicUsize,
 }
 
@@ -51,6 +53,7 @@ impl<T> Replica<T> {
             id,
             http: OnceLock::new(),
             models: Arc::new(ModelIds::new()),
+            labels: OnceLock::new(),
             in_flight: AtomicUsize::new(0),
         }
     }
@@ -88,12 +91,16 @@ pub(crate) struct Router<T> {
     stopping: Mutex<Vec<Arc<Replica<T>>>>,
     /// Signalled when a request queues while no replica runs.
     demand: tokio::sync::Notify,
+    /// The deployment's replica-side metric series, resolved once.
+    metrics: Arc<crate::metrics::DeploymentMetrics>,
 }
 
 impl<T: Send + Sync + 'static> Router<T> {
     pub(crate) fn new(name: String, max_ongoing: usize, max_queued: Option<usize>) -> Self {
+        let name: Arc<str> = name.into();
         Router {
-            name: name.into(),
+            metrics: Arc::new(crate::metrics::DeploymentMetrics::new(&name)),
+            name,
             replicas: ArcSwap::from_pointee(Vec::new()),
             max_ongoing: AtomicUsize::new(max_ongoing),
             max_queued: AtomicUsize::new(max_queued.unwrap_or(usize::MAX)),
@@ -112,6 +119,11 @@ impl<T: Send + Sync + 'static> Router<T> {
     /// The deployment's name.
     pub(crate) fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The deployment's metric series.
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::DeploymentMetrics> {
+        &self.metrics
     }
 
     /// Replaces the replica set (the controller is the only writer) and serves waiting requests.

@@ -39,6 +39,12 @@ pub struct HttpOptions {
     pub graceful_shutdown_timeout: Duration,
     /// A path the whole server is mounted under (`""`, the default, or e.g. `/serve`).
     pub root_path: String,
+    /// Where the proxy answers with its Prometheus metrics (default `/metrics`; see
+    /// [`crate::metrics`]). `None` turns metrics off: no endpoint and no collection.
+    pub metrics_path: Option<String>,
+    /// Whether each request ends with an access-log line (target `ferroserve::access`, level
+    /// `INFO`). Default true (Ray's `logging_config.enable_access_log`).
+    pub access_log: bool,
 }
 
 impl Default for HttpOptions {
@@ -53,6 +59,8 @@ impl Default for HttpOptions {
             keep_alive_timeout: Duration::from_secs(5),
             graceful_shutdown_timeout: Duration::from_secs(20),
             root_path: String::new(),
+            metrics_path: Some(crate::metrics::DEFAULT_METRICS_PATH.to_owned()),
+            access_log: true,
         }
     }
 }
@@ -112,6 +120,7 @@ impl Serve {
     pub fn from_config(config: ServeConfig, file: impl Into<String>, registry: Registry) -> Self {
         let mut options = config.http_options.to_options();
         options.graceful_shutdown_timeout = HttpOptions::default().graceful_shutdown_timeout;
+        options.access_log = config.logging_config.enable_access_log;
         let admin = (config.admin_options.host.clone(), config.admin_options.port);
         Serve {
             options,
@@ -155,6 +164,23 @@ impl Serve {
     /// Sets how long a drain waits for in-flight requests.
     pub fn graceful_shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.options.graceful_shutdown_timeout = timeout;
+        self
+    }
+
+    /// Serves the Prometheus metrics at `path` instead of `/metrics` (the proxy answers it
+    /// before route matching, so an application mounted at `/` never sees it), or turns
+    /// metrics off with `None`: no endpoint and no collection. An invalid path (not starting
+    /// with `/`, `/` itself, a trailing `/`, `?`, `#`, braces or spaces) fails
+    /// [`Serve::start`] with [`Error::Config`].
+    pub fn metrics_path(mut self, path: Option<&str>) -> Self {
+        self.options.metrics_path = path.map(str::to_owned);
+        self
+    }
+
+    /// Turns the access log (one `INFO` line of target `ferroserve::access` per request) on or
+    /// off. On by default.
+    pub fn access_log(mut self, enabled: bool) -> Self {
+        self.options.access_log = enabled;
         self
     }
 
@@ -208,6 +234,10 @@ impl Serve {
             registry,
             admin,
         } = self;
+        if let Some(path) = &options.metrics_path {
+            crate::metrics::validate_metrics_path(path)
+                .map_err(|e| Error::Config(format!("metrics_path {e}")))?;
+        }
         let mut seen: Vec<(&str, &str)> = Vec::with_capacity(apps.len());
         for app in &apps {
             validate_route_prefix(&app.route_prefix)?;
@@ -237,6 +267,11 @@ impl Serve {
             request_timeout: options.request_timeout,
             draining: AtomicBool::new(false),
             host: local_addr.to_string(),
+            metrics: crate::metrics::ProxyMetrics::new(
+                options.metrics_path.clone(),
+                options.access_log,
+            ),
+            controller: std::sync::OnceLock::new(),
         });
         let base = match &config {
             Some((c, _, _)) => ServeConfig {
@@ -246,6 +281,7 @@ impl Serve {
             None => ServeConfig::default(),
         };
         let controller = Arc::new(Controller::new(state.clone(), registry, base));
+        let _ = state.controller.set(Arc::downgrade(&controller));
         controller.start_code_apps(apps).await?;
         if let Some((config, file, text)) = config {
             controller.apply(config, &file).await.map_err(|mut e| {
@@ -271,6 +307,7 @@ impl Serve {
                 let addr = listener.local_addr()?;
                 let task = tokio::spawn(crate::admin::serve(
                     listener,
+                    state.clone(),
                     controller.clone(),
                     stop_requested.clone(),
                 ));
@@ -394,19 +431,109 @@ pub fn init_logging() {
 /// Installs ferroserve's log output as a config's `logging_config` asks: its level (unless
 /// `RUST_LOG` is set) and `TEXT` or `JSON` lines on stderr. Does nothing if a global subscriber
 /// is already set.
+///
+/// Every line logged while a handler runs names who serves the request: `TEXT` lines end with
+/// `application=.. deployment=.. replica=.. request_id=..`, `JSON` objects carry those four
+/// keys. Finding them costs nothing until a line is logged.
 pub fn init_logging_with(config: &crate::config::LoggingConfig) {
+    init_logging_to(config, std::io::stderr);
+}
+
+/// As [`init_logging_with`], writing to `writer` instead of stderr (e.g. to capture the lines).
+pub fn init_logging_to<W>(config: &crate::config::LoggingConfig, writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let _ = tracing::subscriber::set_global_default(log_subscriber(config, writer));
+}
+
+/// The subscriber [`init_logging_to`] installs.
+fn log_subscriber<W>(
+    config: &crate::config::LoggingConfig,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log_level.directive()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match config.encoding {
-        crate::config::LogEncoding::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-        crate::config::LogEncoding::Json => builder.json().with_ansi(false).try_init(),
-    };
+        .with_writer(writer);
+    match config.encoding {
+        crate::config::LogEncoding::Text => Box::new(
+            builder
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .map_event_format(|format| WithReplica {
+                    inner: format,
+                    json: false,
+                })
+                .finish(),
+        ),
+        crate::config::LogEncoding::Json => Box::new(
+            builder
+                .json()
+                .with_ansi(false)
+                .map_event_format(|format| WithReplica {
+                    inner: format,
+                    json: true,
+                })
+                .finish(),
+        ),
+    }
+}
+
+/// An event format that adds the serving replica's labels to lines logged inside a handler.
+struct WithReplica<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithReplica<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let labels = crate::metrics::with_current_labels(|app, dep, replica, id| {
+            [app, dep, replica, id].map(str::to_owned)
+        });
+        let Some([application, deployment, replica, request_id]) = labels else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let body = line.strip_suffix('\n').unwrap_or(&line);
+        if self.json {
+            if let Ok(serde_json::Value::Object(mut map)) = serde_json::from_str(body) {
+                for (key, value) in [
+                    ("application", application),
+                    ("deployment", deployment),
+                    ("replica", replica),
+                    ("request_id", request_id),
+                ] {
+                    map.insert(key.to_owned(), value.into());
+                }
+                return writeln!(writer, "{}", serde_json::Value::Object(map));
+            }
+            return writeln!(writer, "{body}");
+        }
+        writeln!(
+            writer,
+            "{body} application={application} deployment={deployment} replica={replica} request_id={request_id}"
+        )
+    }
 }
 
 /// Serves one application on `127.0.0.1:8000` (or `$FERROSERVE_HOST`/`$FERROSERVE_PORT`) until
@@ -424,4 +551,74 @@ pub fn run(app: impl Into<Application>) -> Result<(), Error> {
         tracing::error!("{e}");
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{LogEncoding, LoggingConfig};
+    use crate::metrics::{in_replica_sync, DeploymentMetrics, ReplicaLabels};
+    use std::sync::Mutex;
+
+    /// What `config`'s log format writes for one line logged outside and one inside a handler.
+    fn two_lines(encoding: LogEncoding) -> Vec<String> {
+        let out: Arc<Mutex<Vec<u8>>> = Arc::default();
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let config = LoggingConfig {
+            encoding,
+            ..LoggingConfig::default()
+        };
+        let sink = out.clone();
+        let subscriber = log_subscriber(&config, move || Sink(sink.clone()));
+        let metrics = DeploymentMetrics::new(&Arc::from("Model"));
+        metrics.bind("iris", true);
+        let labels = Arc::new(ReplicaLabels::new(&metrics, "Model#3"));
+        let ctx = crate::context::RequestContext::new("req-7", None);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("outside");
+            ctx.enter(|| in_replica_sync(labels, || tracing::warn!("inside")));
+        });
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn text_lines_in_a_handler_end_with_the_replica() {
+        let lines = two_lines(LogEncoding::Text);
+        assert!(lines[0].ends_with("outside"), "{lines:?}");
+        assert!(
+            lines[1].ends_with(
+                "inside application=iris deployment=Model replica=Model#3 request_id=req-7"
+            ),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
+    fn json_lines_in_a_handler_carry_the_replica() {
+        let lines = two_lines(LogEncoding::Json);
+        let parse = |l: &str| serde_json::from_str::<serde_json::Value>(l).unwrap();
+        let (outside, inside) = (parse(&lines[0]), parse(&lines[1]));
+        assert_eq!(outside["fields"]["message"], "outside");
+        assert!(outside.get("replica").is_none(), "{outside}");
+        assert_eq!(inside["fields"]["message"], "inside");
+        assert_eq!(inside["level"], "WARN");
+        for (key, value) in [
+            ("application", "iris"),
+            ("deployment", "Model"),
+            ("replica", "Model#3"),
+            ("request_id", "req-7"),
+        ] {
+            assert_eq!(inside[key], value, "{inside}");
+        }
+    }
 }

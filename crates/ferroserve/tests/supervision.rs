@@ -279,6 +279,65 @@ async fn an_http_request_to_an_app_scaled_to_zero_is_served() {
         .await
         .unwrap();
     assert_eq!(body, "replica 1", "a fresh replica after scaling to zero");
+    let metrics = metrics_text(&base).await;
+    for line in [
+        r#"serve_autoscaling_decisions_total{deployment="Who",application="default",direction="up"} 2"#,
+        r#"serve_autoscaling_decisions_total{deployment="Who",application="default",direction="down"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    server.shutdown().await;
+}
+
+async fn metrics_text(base: &str) -> String {
+    client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn health_check_failures_are_logged_counted_and_the_replica_replaced_over_http() {
+    let (app, built) = replicas(
+        Deployment::new("Model")
+            .health_check_period(Duration::from_millis(20))
+            .health_check_timeout(Duration::from_millis(20)),
+    );
+    let handle = app.handle();
+    let (server, base) = start(Serve::new().app(app)).await;
+    let get = || async {
+        client()
+            .get(format!("{base}/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    assert_eq!(get().await, "replica 0");
+    handle.remote(Break::Fail).await.unwrap();
+    eventually("a replacement replica", || {
+        built.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(get().await, "replica 1");
+    let metrics = metrics_text(&base).await;
+    let failures: u64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"serve_health_check_failures_total{deployment="Model",application="default"} "#,
+            )
+        })
+        .unwrap_or_else(|| panic!("no health-check failures in\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert_eq!(failures, 3, "three failures in a row, then replaced");
     server.shutdown().await;
 }
 

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::{panic_message, Node};
 use crate::autoscaling::{Policy, SAMPLE_PERIOD};
 use crate::health::FAILURE_THRESHOLD;
+use crate::metrics;
 use crate::router::{Replica, Router};
 
 /// The longest pause between attempts to build a missing replica.
@@ -139,7 +140,11 @@ impl<T: Send + Sync + 'static> Node<T> {
         match (&options.autoscaling, &turn.policy) {
             (None, _) => turn.policy = None,
             (Some(a), Some(p)) if p.options() == a => {}
-            (Some(a), _) => turn.policy = Some(Policy::new(a.clone())),
+            (Some(a), _) => {
+                turn.policy = Some(Policy::new(a.clone()));
+                let target = self.supervision.target();
+                metrics::autoscaling_decision(&router.metrics().app(), &self.name, target, target);
+            }
         }
         if let Some(policy) = &mut turn.policy {
             let load = router.num_ongoing() + router.num_queued();
@@ -152,6 +157,7 @@ impl<T: Send + Sync + 'static> Node<T> {
                     "autoscaling"
                 );
                 self.supervision.set_target(d.to);
+                metrics::autoscaling_decision(&router.metrics().app(), &self.name, d.from, d.to);
                 // A new target is worth an attempt now, whatever the retry pause.
                 turn.retry_at = None;
             }
@@ -235,6 +241,7 @@ impl<T: Send + Sync + 'static> Node<T> {
                 failures.remove(&replica.id);
                 continue;
             };
+            metrics::health_check_failed(&router.metrics().app(), &self.name);
             let count = failures.entry(replica.id.clone()).or_insert(0);
             *count += 1;
             tracing::warn!(
