@@ -115,7 +115,9 @@ impl From<String> for Failure {
 /// from `main`: `fn main() -> ExitCode { ferroserve::cli::main(registry) }`.
 pub fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
-    match execute(cli.command, registry) {
+    let result = execute(cli.command, registry);
+    crate::log_writer::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, message)) => {
             eprintln!("error: {message}");
