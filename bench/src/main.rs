@@ -6,14 +6,17 @@
 //! alternating A B A B … so that machine drift hits both sides alike, and reports medians and the
 //! ferroserve / axum ratio. Scenarios: `counter`, `handle_hop`, `fastapi_hello`, `streaming`
 //! (plus time to first byte with `stream_ttfb`), `websocket_echo`, `json_to_ndarray` (1 MB and
-//! 10 MB bodies). It also runs `cancel_latency`, and measures RSS (idle and under load) and
-//! start-up time (spawn → first 200).
+//! 10 MB bodies), `dag_fanout` (two hops with fan-out), `counter_h2c` (HTTP/2 with `h2_load`).
+//! It also runs `cancel_latency`, the `iris` ONNX app (ferroserve alone), measures RSS (idle,
+//! under load, and after a 1M-request soak) and start-up time (spawn → first 200).
 //!
 //! The markdown report goes to stdout, to `bench/RESULTS.md`, and into `bench/README.md`
 //! between the `<!-- results:start -->` / `<!-- results:end -->` markers; progress goes to
 //! stderr. Knobs (environment): `BENCH_ROUNDS` (5, at least 2), `BENCH_DURATION` (5 s),
 //! `BENCH_ONLY` (`observability`: only the metrics/access-log/log-level cost section, printed
-//! and not written to RESULTS.md; `metrics`: only its metrics row), `BENCH_WARMUP` (1 s), `BENCH_CONNECTIONS` (16), `BENCH_JSON_CONNECTIONS` (4),
+//! and not written to RESULTS.md; `metrics`: only its metrics row; a comma-separated list of
+//! `dag`, `h2`, `soak`, `iris`: only those, printed only), `BENCH_H2_CONNECTIONS` (4),
+//! `BENCH_H2_STREAMS` (16), `BENCH_SOAK_REQUESTS` (1000000, 0 skips the soak), `BENCH_WARMUP` (1 s), `BENCH_CONNECTIONS` (16), `BENCH_JSON_CONNECTIONS` (4),
 //! `BENCH_TTFB_REQUESTS` (1000), `BENCH_CANCELS` (1000), `BENCH_STARTUP_RUNS` (5),
 //! `BENCH_MAX_OTHER` (0.1 cores), `BENCH_QUIET_BUDGET` (300 s), `BENCH_PIDFILE` (where the live
 //! server PIDs are kept, so the calling script can kill them on exit).
