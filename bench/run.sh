@@ -27,8 +27,10 @@ echo "building (release) into $CARGO_TARGET_DIR ..." >&2
 cargo build --release -p ferroserve-bench \
     --bin ferroserve-bench --bin bare_axum --bin fs_counter --bin fs_handle_hop \
     --bin fs_fastapi_hello --bin fs_streaming --bin fs_websocket_echo --bin fs_json_to_ndarray \
-    --bin fs_dag_fanout --bin fs_iris --bin ws_echo_client --bin h2_load --bin stream_ttfb \
+    --bin fs_dag_fanout --bin ws_echo_client --bin h2_load --bin stream_ttfb \
     --bin cancel_latency >&2
+# fs_iris alone with ferroserve's onnx feature (tract), so that the other servers do not link it.
+cargo build --release -p ferroserve-bench --features iris --bin fs_iris >&2
 
 # The orchestrator kills its servers itself; this trap is the safety net for Ctrl-C, errors and
 # SIGTERM: every server PID it has alive is listed in this file.
