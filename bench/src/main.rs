@@ -6,14 +6,17 @@
 //! alternating A B A B … so that machine drift hits both sides alike, and reports medians and the
 //! ferroserve / axum ratio. Scenarios: `counter`, `handle_hop`, `fastapi_hello`, `streaming`
 //! (plus time to first byte with `stream_ttfb`), `websocket_echo`, `json_to_ndarray` (1 MB and
-//! 10 MB bodies). It also runs `cancel_latency`, and measures RSS (idle and under load) and
-//! start-up time (spawn → first 200).
+//! 10 MB bodies), `dag_fanout` (two hops with fan-out), `counter_h2c` (HTTP/2 with `h2_load`).
+//! It also runs `cancel_latency`, the `iris` ONNX app (ferroserve alone), measures RSS (idle,
+//! under load, and after a 1M-request soak) and start-up time (spawn → first 200).
 //!
 //! The markdown report goes to stdout, to `bench/RESULTS.md`, and into `bench/README.md`
 //! between the `<!-- results:start -->` / `<!-- results:end -->` markers; progress goes to
 //! stderr. Knobs (environment): `BENCH_ROUNDS` (5, at least 2), `BENCH_DURATION` (5 s),
 //! `BENCH_ONLY` (`observability`: only the metrics/access-log/log-level cost section, printed
-//! and not written to RESULTS.md; `metrics`: only its metrics row), `BENCH_WARMUP` (1 s), `BENCH_CONNECTIONS` (16), `BENCH_JSON_CONNECTIONS` (4),
+//! and not written to RESULTS.md; `metrics`: only its metrics row; a comma-separated list of
+//! `dag`, `h2`, `soak`, `iris`: only those, printed only), `BENCH_H2_CONNECTIONS` (4),
+//! `BENCH_H2_STREAMS` (16), `BENCH_SOAK_REQUESTS` (1000000, 0 skips the soak), `BENCH_WARMUP` (1 s), `BENCH_CONNECTIONS` (16), `BENCH_JSON_CONNECTIONS` (4),
 //! `BENCH_TTFB_REQUESTS` (1000), `BENCH_CANCELS` (1000), `BENCH_STARTUP_RUNS` (5),
 //! `BENCH_MAX_OTHER` (0.1 cores), `BENCH_QUIET_BUDGET` (300 s), `BENCH_PIDFILE` (where the live
 //! server PIDs are kept, so the calling script can kill them on exit).
@@ -299,12 +302,26 @@ enum Load<'a> {
     WsEcho {
         connections: u64,
     },
+    /// `h2_load`: HTTP/2 over h2c (prior knowledge), `connections` × `streams` closed loops,
+    /// each response checked against `expected`.
+    H2 {
+        path: &'a str,
+        connections: u64,
+        streams: u64,
+        expected: &'a str,
+    },
 }
 
 impl Load<'_> {
+    /// Concurrent requests in flight (connections, or connections × streams for HTTP/2).
     fn connections(&self) -> u64 {
         match self {
             Load::Wrk { connections, .. } | Load::WsEcho { connections } => *connections,
+            Load::H2 {
+                connections,
+                streams,
+                ..
+            } => connections * streams,
         }
     }
 }
@@ -407,6 +424,24 @@ fn load_run(
                 .arg(connections.to_string())
                 .arg(secs.to_string());
             (cmd, format!("ws_echo_client {url} {connections} {secs}"))
+        }
+        Load::H2 {
+            path,
+            connections,
+            streams,
+            expected,
+        } => {
+            let url = format!("http://127.0.0.1:{}{path}", server.port);
+            let mut cmd = Command::new(cfg.bin_dir.join("h2_load"));
+            cmd.arg(&url)
+                .arg(connections.to_string())
+                .arg(streams.to_string())
+                .arg(secs.to_string())
+                .arg(expected);
+            (
+                cmd,
+                format!("h2_load {url} {connections} {streams} {secs} {expected}"),
+            )
         }
     };
     let run = run_client(cfg, cmd, &[server.pid()])?;
@@ -1255,6 +1290,10 @@ fn run(cfg: &Config) -> Result<String> {
         nd_results.push((size_name, body.len(), rows, res));
     }
 
+    // ── issue 9's later scenarios: DAG fan-out, HTTP/2, the 1M-request soak, iris ──────────
+    let extras = extra_scenarios(cfg, &get_lua, &post_lua, &mut mem_rows, &|_| true)?;
+    let soak_note = extras.soak_note;
+
     // ── cancellation latency (standalone, in-process) ───────────────────────────────────────
     eprintln!("cancel_latency: {} cancels", cfg.cancels);
     let (cancel_table, cancel_other) = measure_cancel(cfg)?;
@@ -1469,6 +1508,373 @@ fn run(cfg: &Config) -> Result<String> {
         }
     }
 
+    report.push_str(&memory_table(&mem_rows, &soak_note));
+    let _ = writeln!(report);
+
+    let _ = writeln!(
+        report,
+        "### 9. Start-up time (spawn → first 200), {} runs\n",
+        cfg.startup_runs
+    );
+    let _ = writeln!(report, "| server | probe | median | min | max |");
+    let _ = writeln!(report, "|---|---|---:|---:|---:|");
+    for (label, path, times) in startup_rows {
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = times.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            report,
+            "| {} | `GET {path}` | {} | {} | {} |",
+            label,
+            fmt_us(median(times)),
+            fmt_us(min),
+            fmt_us(max)
+        );
+    }
+    let _ = writeln!(report);
+    report.push_str(&observability_cost(cfg, &get_lua)?);
+    report.push_str(&extras.sections);
+    let _ = writeln!(
+        report,
+        "\nLoad average after the run (1/5/15 min): {}.",
+        loadavg()
+    );
+    Ok(report)
+}
+
+/// The report text of [`extra_scenarios`].
+struct Extras {
+    /// `### 11.` … `### 13.` (those that ran).
+    sections: String,
+    /// The soak's goal line, printed under the memory table (empty if the soak did not run).
+    soak_note: String,
+}
+
+/// Whether `BENCH_ONLY` (a comma-separated list) names `what`; `None` when it is unset or empty.
+fn bench_only() -> Option<Vec<String>> {
+    let v = std::env::var("BENCH_ONLY").ok()?;
+    let names: Vec<String> = v
+        .split(',')
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    (!names.is_empty()).then_some(names)
+}
+
+/// The `BENCH_ONLY` names [`extra_scenarios`] knows.
+const EXTRA_NAMES: [&str; 4] = ["dag", "h2", "soak", "iris"];
+
+/// The scenarios issue 9 added after the first ones, each run if `selected(name)` (`dag`, `h2`,
+/// `soak`, `iris`): `dag_fanout` and `counter_h2c` (A/B, their servers' memory into
+/// `mem_rows`), the 1M-request soak (rows into `mem_rows`), and `iris` (ferroserve alone).
+fn extra_scenarios(
+    cfg: &Config,
+    get_lua: &Path,
+    post_lua: &Path,
+    mem_rows: &mut Vec<MemRow>,
+    selected: &dyn Fn(&str) -> bool,
+) -> Result<Extras> {
+    let mut out = String::new();
+    let mut soak_note = String::new();
+    let conns = cfg.connections;
+    let plain = TableSpec {
+        unit: "req",
+        derived: None,
+        derived_goal: None,
+        goal_ratio: None,
+        p99_goal_us: None,
+    };
+    if selected("dag") {
+        let res = ab_scenario(
+            cfg,
+            &Scenario {
+                name: "dag_fanout",
+                axum_mode: "dag_fanout",
+                fs_bin: "fs_dag_fanout",
+                probe: Some(("POST", "/", Some("[1,2,3.5]"))),
+                load: Load::Wrk {
+                    script: post_lua,
+                    path: "/",
+                    connections: conns,
+                },
+            },
+            mem_rows,
+        )?
+        .res;
+        let _ = writeln!(
+            out,
+            "### 11. `dag_fanout` — `POST /` `[1,2,3.5]` → ingress → two models concurrently \
+             (`tokio::join!` of two `handle.remote(..)`) → `{{\"sum\":6.5,\"sumsq\":17.25}}`, {conns} connections\n"
+        );
+        let _ = writeln!(
+            out,
+            "A: one axum handler awaiting two async functions with `tokio::join!`. B: an ingress \
+             with `DeploymentHandle`s to two model deployments (1 replica each), two hops per \
+             request in flight at once.\n"
+        );
+        ab_table(&mut out, cfg, &res, &plain);
+    }
+    if selected("h2") {
+        let h2_conns = env_num("BENCH_H2_CONNECTIONS", 4).max(1);
+        let streams = env_num("BENCH_H2_STREAMS", 16).max(1);
+        let res = ab_scenario(
+            cfg,
+            &Scenario {
+                name: "counter_h2c",
+                axum_mode: "counter",
+                fs_bin: "fs_counter",
+                probe: Some(("GET", "/?a=b&c=d", None)),
+                load: Load::H2 {
+                    path: "/?a=b&c=d",
+                    connections: h2_conns,
+                    streams,
+                    expected: r#"{"a":"b","c":"d"}"#,
+                },
+            },
+            mem_rows,
+        )?
+        .res;
+        let _ = writeln!(
+            out,
+            "### 12. `counter_h2c` — `counter` over HTTP/2 cleartext (prior knowledge), \
+             {h2_conns} connections × {streams} concurrent streams (`h2_load`)\n"
+        );
+        let _ = writeln!(
+            out,
+            "The same servers as `counter` (both serve HTTP/1.1 and h2c on one port). `h2_load`: \
+             one thread, closed loop per stream, every body checked against \
+             `{{\"a\":\"b\",\"c\":\"d\"}}`.\n"
+        );
+        ab_table(&mut out, cfg, &res, &plain);
+    }
+    if selected("soak") {
+        let target = env_num("BENCH_SOAK_REQUESTS", 1_000_000);
+        if target > 0 {
+            soak_note = soak(cfg, get_lua, target, mem_rows)?;
+        }
+    }
+    if selected("iris") {
+        out.push_str(&iris(cfg)?);
+    }
+    Ok(Extras {
+        sections: out,
+        soak_note,
+    })
+}
+
+/// The memory soak: for bare axum and ferroserve `counter` in turn, RSS idle after start, after
+/// a warm-up run, and idle after `target` requests (`wrk` runs until the count is reached).
+/// Returns the goal line for under the memory table.
+fn soak(cfg: &Config, get_lua: &Path, target: u64, mem_rows: &mut Vec<MemRow>) -> Result<String> {
+    let settle = Duration::from_millis(500);
+    let load = Load::Wrk {
+        script: get_lua,
+        path: "/?a=b&c=d",
+        connections: cfg.connections,
+    };
+    let mut notes = Vec::new();
+    for (label, display, bin, args, ready) in [
+        ("axum-soak", "bare axum", "bare_axum", &["counter"][..], "/"),
+        (
+            "ferroserve-soak",
+            "ferroserve",
+            "fs_counter",
+            &[][..],
+            "/-/healthz",
+        ),
+    ] {
+        eprintln!("soak: {display} `counter`, {target} requests");
+        let t0 = Instant::now();
+        let mut server = Server::spawn(cfg, label, bin, args)?;
+        server.wait_ready(ready, t0)?;
+        std::thread::sleep(settle);
+        let (idle, _) = rss_kib(server.pid())?;
+        wait_quiet(cfg, &[server.pid()]);
+        let warm = load_run(cfg, &server, &load, cfg.warmup_s, None)?;
+        let mut served = warm.requests;
+        let mut errors = warm.errors;
+        std::thread::sleep(settle);
+        let (warmed, _) = rss_kib(server.pid())?;
+        let mut rate = warm.rps.max(1000.0);
+        let soak_t0 = Instant::now();
+        while served < target {
+            let secs = (((target - served) as f64 / rate).ceil() as u64).clamp(1, 10);
+            let run = load_run(cfg, &server, &load, secs, None)?;
+            server.ensure_alive()?;
+            served += run.requests;
+            errors += run.errors;
+            rate = run.rps.max(1000.0);
+        }
+        let soak_s = soak_t0.elapsed().as_secs_f64();
+        std::thread::sleep(settle);
+        let (after, peak) = rss_kib(server.pid())?;
+        let pct = |from: u64| (after as f64 - from as f64) / from as f64 * 100.0;
+        eprintln!(
+            "  {display}: idle {} → after warm-up {} → after {served} requests {} ({:+.1} % from \
+             warm-up, {:+.1} % from start; {soak_s:.1} s; {errors} errors)",
+            fmt_mib(idle),
+            fmt_mib(warmed),
+            fmt_mib(after),
+            pct(warmed),
+            pct(idle)
+        );
+        mem_rows.push(MemRow {
+            label: format!(
+                "{display}, `counter`, soak to {} requests",
+                fmt_rps(target as f64)
+            ),
+            idle,
+            round1: warmed,
+            after,
+            peak,
+            served,
+        });
+        notes.push((display, pct(warmed), pct(idle), served, errors));
+    }
+    let mut note = format!(
+        "Soak (`BENCH_SOAK_REQUESTS`={}): each `counter` server alone, `wrk` {} connections until \
+         the count is reached; the \"after round 1\" column of the soak rows is after the {} s \
+         warm-up run.",
+        fmt_rps(target as f64),
+        cfg.connections,
+        cfg.warmup_s
+    );
+    for &(display, from_warm, from_start, served, errors) in &notes {
+        let _ = write!(
+            note,
+            " {display}: {from_warm:+.1} % after warm-up → end, {from_start:+.1} % start → end \
+             ({} requests{}).",
+            fmt_rps(served as f64),
+            if errors > 0 {
+                format!(", ⚠ {errors} errors")
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(&(_, from_warm, from_start, ..)) = notes.last() {
+        let _ = write!(
+            note,
+            " Goal: ferroserve RSS growth over {} requests < 5 % → **{}** ({from_warm:+.1} % from \
+             after the warm-up; {from_start:+.1} % from the cold start, which includes allocator \
+             and buffer warm-up).",
+            fmt_rps(target as f64),
+            if from_warm < 5.0 { "met" } else { "missed" }
+        );
+    }
+    Ok(note)
+}
+
+/// `### 13.`: the iris classifier (`fs_iris`, ferroserve alone: no bare-axum counterpart),
+/// `POST /iris/predict` with two rows, `rounds` warm-up + measured `wrk` runs, medians.
+fn iris(cfg: &Config) -> Result<String> {
+    let body = r#"{"array": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}"#;
+    let script = write_lua(
+        cfg,
+        "iris.lua",
+        &format!(
+            "wrk.method = \"POST\"\nwrk.body = {body:?}\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"
+        ),
+    )?;
+    let path = "/iris/predict";
+    let load = Load::Wrk {
+        script: &script,
+        path,
+        connections: cfg.connections,
+    };
+    eprintln!("iris: POST {path}, {} connections", cfg.connections);
+    let t0 = Instant::now();
+    let mut server = Server::spawn(cfg, "ferroserve-iris", "fs_iris", &[])?;
+    let startup = server.wait_ready("/-/healthz", t0)?;
+    let (status, answer) = http(server.port, "POST", path, Some(body))?;
+    let labels = serde_json::from_str::<serde_json::Value>(&answer)
+        .ok()
+        .map(|v| v["labels"].clone());
+    if status != 200 || labels != Some(serde_json::json!(["setosa", "virginica"])) {
+        return Err(format!("iris answered {status} {answer:?}"));
+    }
+    eprintln!("  answers {answer}");
+    let mut runs = Vec::new();
+    for round in 1..=cfg.rounds {
+        wait_quiet(cfg, &[server.pid()]);
+        load_run(cfg, &server, &load, cfg.warmup_s, None)?;
+        let log = cfg
+            .work_dir
+            .join(format!("ferroserve-iris-round{round}.load.txt"));
+        let run = load_run(cfg, &server, &load, cfg.duration_s, Some(&log))?;
+        server.ensure_alive()?;
+        eprintln!(
+            "  round {round} {:>9} req/s  p50 {:>8}  p99 {:>8}  cpu {:.1} µs/req  other procs {:.2} cores",
+            fmt_rps(run.rps),
+            fmt_us(run.p50_us),
+            fmt_us(run.p99_us),
+            run.cpu_us_per_req,
+            run.other_cores
+        );
+        runs.push(run);
+    }
+    let (rss, peak) = rss_kib(server.pid())?;
+    let med = |f: fn(&WrkRun) -> f64| median(runs.iter().map(f).collect());
+    let errors: u64 = runs.iter().map(|r| r.errors).sum();
+    let disturbed = runs
+        .iter()
+        .filter(|r| r.other_cores > cfg.max_other)
+        .count();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### 13. `iris` — `POST /iris/predict` (2 rows) → labels + probabilities, \
+         `apps/iris/serve.yaml` (Preprocess ingress → `DeploymentHandle` → tract ONNX model, 2 \
+         replicas), {} connections\n",
+        cfg.connections
+    );
+    let _ = writeln!(
+        out,
+        "ferroserve alone (`fs_iris`: what `ferroserve run apps/iris/serve.yaml` does): there is \
+         **no bare-axum counterpart**, so no ratio. Body `{body}`; answer checked \
+         (`[\"setosa\",\"virginica\"]`).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| server | req/s (median) | p50 | p99 | server CPU / req | other procs' CPU | req/s per round | RSS after | peak | start-up |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| ferroserve, `iris` | {} | {} | {} | {:.1} µs | {:.2} cores | {} | {} | {} | {} |",
+        fmt_rps(med(|r| r.rps)),
+        fmt_us(med(|r| r.p50_us)),
+        fmt_us(med(|r| r.p99_us)),
+        med(|r| r.cpu_us_per_req),
+        med(|r| r.other_cores),
+        runs.iter()
+            .map(|r| fmt_rps(r.rps))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        fmt_mib(rss),
+        fmt_mib(peak),
+        fmt_us(startup.as_secs_f64() * 1e6)
+    );
+    if disturbed > 0 {
+        let _ = writeln!(
+            out,
+            "\n⚠ {disturbed} of {} runs ran while other processes used more than {} cores.",
+            runs.len(),
+            cfg.max_other
+        );
+    }
+    if errors > 0 {
+        let _ = writeln!(
+            out,
+            "\n⚠ `wrk` reported {errors} errors in the measured runs."
+        );
+    }
+    let _ = writeln!(out);
+    Ok(out)
+}
+
+/// `### 8.`: the memory table, then the `counter` idle goal and the soak note (if any).
+fn memory_table(mem_rows: &[MemRow], soak_note: &str) -> String {
+    let mut report = String::new();
     let _ = writeln!(report, "### 8. Memory (VmRSS)\n");
     let _ = writeln!(
         report,
@@ -1477,7 +1883,7 @@ fn run(cfg: &Config) -> Result<String> {
     );
     let _ = writeln!(report, "|---|---:|---:|---:|---:|---:|---:|---:|");
     let mib = |kib: i64| kib as f64 / 1024.0;
-    for r in &mem_rows {
+    for r in mem_rows {
         let _ = writeln!(
             report,
             "| {} | {} | {} | {} | {:+.1} MiB | {:+.1} MiB | {} | {} |",
@@ -1507,35 +1913,10 @@ fn run(cfg: &Config) -> Result<String> {
             fmt_mib(r.idle)
         );
     }
-    let _ = writeln!(report);
-
-    let _ = writeln!(
-        report,
-        "### 9. Start-up time (spawn → first 200), {} runs\n",
-        cfg.startup_runs
-    );
-    let _ = writeln!(report, "| server | probe | median | min | max |");
-    let _ = writeln!(report, "|---|---|---:|---:|---:|");
-    for (label, path, times) in startup_rows {
-        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = times.iter().copied().fold(0.0, f64::max);
-        let _ = writeln!(
-            report,
-            "| {} | `GET {path}` | {} | {} | {} |",
-            label,
-            fmt_us(median(times)),
-            fmt_us(min),
-            fmt_us(max)
-        );
+    if !soak_note.is_empty() {
+        let _ = writeln!(report, "\n{soak_note}");
     }
-    let _ = writeln!(report);
-    report.push_str(&observability_cost(cfg, &get_lua)?);
-    let _ = writeln!(
-        report,
-        "\nLoad average after the run (1/5/15 min): {}.",
-        loadavg()
-    );
-    Ok(report)
+    report
 }
 
 /// The cost of metrics and of the access log: the `counter` scenario on ferroserve with the
@@ -1709,6 +2090,34 @@ fn main() {
             }
         }
         return;
+    }
+    if let Some(names) = bench_only() {
+        if names.iter().all(|n| EXTRA_NAMES.contains(&n.as_str())) {
+            let report = write_lua(&cfg, "get.lua", "").and_then(|get_lua| {
+                let post_lua = write_lua(
+                    &cfg,
+                    "post.lua",
+                    "wrk.method = \"POST\"\nwrk.body = \"[1,2,3.5]\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+                )?;
+                let mut mem_rows = Vec::new();
+                let extras = extra_scenarios(&cfg, &get_lua, &post_lua, &mut mem_rows, &|n| {
+                    names.iter().any(|m| m == n)
+                })?;
+                let mut report = format!("{}{}", machine_header(&cfg), extras.sections);
+                if !mem_rows.is_empty() {
+                    report.push_str(&memory_table(&mem_rows, &extras.soak_note));
+                }
+                Ok(report)
+            });
+            match report {
+                Ok(report) => println!("{report}"),
+                Err(e) => {
+                    eprintln!("benchmark failed: {e}");
+                    std::process::exit(1);
+                }
+            }
+            return;
+        }
     }
     match run(&cfg) {
         Ok(report) => {

@@ -6,6 +6,8 @@
 //!
 //! - `counter`: `GET /?a=b&c=d` → the query parameters as compact JSON (`{"a":"b","c":"d"}`).
 //! - `handle_hop`: `POST /` with a JSON array of numbers → `{"sum":6.5}`, summed inline.
+//! - `dag_fanout`: `POST /` with a JSON array of numbers → `{"sum":6.5,"sumsq":17.25}`: the two
+//!   "models" are async functions awaited concurrently (`tokio::join!`), then combined.
 //! - `fastapi_hello`: `GET /hello` → `"Hello, world!"` (JSON).
 //! - `streaming`: `GET /stream` → 100 chunks `chunk 00\n` … `chunk 99\n`, produced immediately,
 //!   as a chunked response (`Body::from_stream`).
@@ -35,6 +37,21 @@ async fn counter(Query(params): Query<HashMap<String, String>>) -> Json<HashMap<
 
 async fn handle_hop(Json(xs): Json<Vec<f64>>) -> Json<Value> {
     Json(json!({ "sum": xs.iter().sum::<f64>() }))
+}
+
+/// The first "model" of `dag_fanout`: the sum.
+async fn model_sum(xs: Vec<f64>) -> f64 {
+    xs.iter().sum()
+}
+
+/// The second "model" of `dag_fanout`: the sum of squares.
+async fn model_sumsq(xs: Vec<f64>) -> f64 {
+    xs.iter().map(|x| x * x).sum()
+}
+
+async fn dag_fanout(Json(xs): Json<Vec<f64>>) -> Json<Value> {
+    let (sum, sumsq) = tokio::join!(model_sum(xs.clone()), model_sumsq(xs));
+    Json(json!({ "sum": sum, "sumsq": sumsq }))
 }
 
 async fn fastapi_hello() -> Json<&'static str> {
@@ -92,6 +109,7 @@ async fn main() -> std::io::Result<()> {
     let app = match scenario.as_str() {
         "counter" => Router::new().route("/", get(counter)),
         "handle_hop" => Router::new().route("/", post(handle_hop)),
+        "dag_fanout" => Router::new().route("/", post(dag_fanout)),
         "fastapi_hello" => Router::new().route("/hello", get(fastapi_hello)),
         "streaming" => Router::new().route("/stream", get(streaming)),
         "websocket_echo" => Router::new().route("/", get(websocket_echo)),
@@ -100,7 +118,7 @@ async fn main() -> std::io::Result<()> {
             .layer(DefaultBodyLimit::max(64 << 20)),
         other => {
             eprintln!(
-                "unknown scenario {other:?} (expected counter, handle_hop, fastapi_hello, \
+                "unknown scenario {other:?} (expected counter, handle_hop, dag_fanout, fastapi_hello, \
                  streaming, websocket_echo or json_to_ndarray)"
             );
             std::process::exit(2);
