@@ -115,9 +115,7 @@ impl From<String> for Failure {
 /// from `main`: `fn main() -> ExitCode { ferroserve::cli::main(registry) }`.
 pub fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
-    let result = execute(cli.command, registry);
-    crate::log_writer::flush();
-    match result {
+    match execute(cli.command, registry) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, message)) => {
             eprintln!("error: {message}");

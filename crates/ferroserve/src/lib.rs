@@ -67,7 +67,6 @@ pub mod error;
 pub mod handle;
 pub mod health;
 pub mod ingress;
-mod log_writer;
 pub mod metrics;
 pub mod multiplex;
 #[cfg(feature = "onnx")]

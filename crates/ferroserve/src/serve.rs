@@ -391,7 +391,6 @@ impl Server {
             admin.abort();
         }
         self.controller.stop_all();
-        crate::log_writer::flush();
     }
 }
 
@@ -433,14 +432,11 @@ pub fn init_logging() {
 /// `RUST_LOG` is set) and `TEXT` or `JSON` lines on stderr. Does nothing if a global subscriber
 /// is already set.
 ///
-/// Lines are written by a thread of their own, in batches while the server is busy (no write
-/// system call per request); a server's shutdown writes what is left.
-///
 /// Every line logged while a handler runs names who serves the request: `TEXT` lines end with
 /// `application=.. deployment=.. replica=.. request_id=..`, `JSON` objects carry those four
 /// keys. Finding them costs nothing until a line is logged.
 pub fn init_logging_with(config: &crate::config::LoggingConfig) {
-    init_logging_to(config, crate::log_writer::BufferedStderr);
+    init_logging_to(config, std::io::stderr);
 }
 
 /// As [`init_logging_with`], writing to `writer` instead of stderr (e.g. to capture the lines).
@@ -554,7 +550,6 @@ pub fn run(app: impl Into<Application>) -> Result<(), Error> {
     if let Err(e) = &result {
         tracing::error!("{e}");
     }
-    crate::log_writer::flush();
     result
 }
 
