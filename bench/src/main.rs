@@ -79,18 +79,31 @@ struct Server {
     log: PathBuf,
 }
 
+/// Whether `BENCH_ACCESS_LOG=1` keeps ferroserve's access log on in every scenario.
+fn access_log_on() -> bool {
+    std::env::var("BENCH_ACCESS_LOG").as_deref() == Ok("1")
+}
+
 impl Server {
     fn spawn(cfg: &Config, label: &str, bin: &str, args: &[&str]) -> Result<Server> {
         let port = free_port()?;
         let log = cfg.work_dir.join(format!("{label}.stderr.log"));
         let log_file =
             std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(cfg.bin_dir.join(bin))
+        let mut command = Command::new(cfg.bin_dir.join(bin));
+        command.env_remove("RUST_LOG");
+        // Same work on both sides: bare axum logs nothing per request, so ferroserve's access
+        // log is filtered out, except where its cost is the measurement (section 10) or
+        // `BENCH_ACCESS_LOG=1` asks to keep it.
+        let measures_logging = label.contains("-obs");
+        if bin.starts_with("fs_") && !measures_logging && !access_log_on() {
+            command.env("RUST_LOG", "info,ferroserve::access=off");
+        }
+        let child = command
             .args(args)
             .arg(port.to_string())
             .env("FERROSERVE_PORT", port.to_string())
             .env("FERROSERVE_HOST", "127.0.0.1")
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
