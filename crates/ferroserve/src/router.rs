@@ -133,10 +133,16 @@ impl<T: Send + Sync + 'static> Router<T> {
     }
 
     /// Adds one replica to the routed set and serves waiting requests.
+    ///
+    /// Atomic against other changes of the set (read, copy, compare-and-swap), so a supervisor
+    /// retiring a replica and a config update adding one never lose each other's change.
     pub(crate) fn add_replica(&self, replica: Arc<Replica<T>>) {
-        let mut replicas = self.replicas().to_vec();
-        replicas.push(replica);
-        self.set_replicas(replicas);
+        self.replicas.rcu(|current| {
+            let mut replicas = current.to_vec();
+            replicas.push(replica.clone());
+            replicas
+        });
+        self.dispatch(&mut self.lock());
     }
 
     /// Stops routing to `retire`, then waits (up to `timeout`) until their in-flight requests
@@ -147,19 +153,20 @@ impl<T: Send + Sync + 'static> Router<T> {
         self.wait_retired(retire, timeout).await;
     }
 
-    /// Stops routing to `retire` at once; they show as stopping until
-    /// [`Router::wait_retired`] is done with them.
+    /// Stops routing to `retire` at once (atomically, like [`Router::add_replica`]); they show
+    /// as stopping until [`Router::wait_retired`] is done with them.
     pub(crate) fn retire(&self, retire: &[Arc<Replica<T>>]) {
         if retire.is_empty() {
             return;
         }
-        let keep: Vec<_> = self
-            .replicas()
-            .iter()
-            .filter(|r| !retire.iter().any(|x| Arc::ptr_eq(x, r)))
-            .cloned()
-            .collect();
-        self.replicas.store(Arc::new(keep));
+        // Atomic against concurrent changes of the set, as in `add_replica`.
+        self.replicas.rcu(|current| {
+            current
+                .iter()
+                .filter(|r| !retire.iter().any(|x| Arc::ptr_eq(x, r)))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
         self.stopping_list().extend(retire.iter().cloned());
     }
 
@@ -586,6 +593,30 @@ mod tests {
         drop(if a.replica().id == "0" { a } else { b });
         assert!((&mut second).now_or_never().is_none(), "FIFO: head first");
         assert_eq!(first.now_or_never().unwrap().unwrap().replica().id, "0");
+    }
+
+    #[test]
+    fn concurrent_adds_and_retirements_lose_nothing() {
+        let r = router(0, 1, None);
+        let old: Vec<_> = (0..500)
+            .map(|i| Arc::new(Replica::new((), format!("old{i}"))))
+            .collect();
+        r.set_replicas(old.clone());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..500 {
+                    r.add_replica(Arc::new(Replica::new((), format!("new{i}"))));
+                }
+            });
+            s.spawn(|| {
+                for replica in &old {
+                    r.retire(std::slice::from_ref(replica));
+                }
+            });
+        });
+        let ids: Vec<_> = r.replicas().iter().map(|x| x.id.clone()).collect();
+        assert_eq!(ids.len(), 500, "every add kept, every retirement applied");
+        assert!(ids.iter().all(|id| id.starts_with("new")));
     }
 
     #[test]
