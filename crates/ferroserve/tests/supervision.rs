@@ -286,6 +286,16 @@ async fn an_http_request_to_an_app_scaled_to_zero_is_served() {
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
+    assert!(
+        metrics.contains(
+            r#"serve_autoscaling_target_replicas{deployment="Who",application="default"} "#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"deployment="Who",application="""#),
+        "no series of the deployment without its application:\n{metrics}"
+    );
     server.shutdown().await;
 }
 

@@ -102,6 +102,8 @@ struct Turn {
     next_check: Instant,
     retry_at: Option<Instant>,
     retry_pause: Duration,
+    /// Whether `serve_autoscaling_target_replicas` has been set for this policy.
+    gauge_set: bool,
 }
 
 async fn run<T: Send + Sync + 'static>(node: Weak<Node<T>>) {
@@ -113,6 +115,7 @@ async fn run<T: Send + Sync + 'static>(node: Weak<Node<T>>) {
             next_check: Instant::now() + node.current().health_check_period,
             retry_at: None,
             retry_pause: Duration::from_millis(100),
+            gauge_set: false,
         }
     };
     loop {
@@ -142,11 +145,17 @@ impl<T: Send + Sync + 'static> Node<T> {
             (Some(a), Some(p)) if p.options() == a => {}
             (Some(a), _) => {
                 turn.policy = Some(Policy::new(a.clone()));
-                let target = self.supervision.target();
-                metrics::autoscaling_decision(&router.metrics().app(), &self.name, target, target);
+                turn.gauge_set = false;
             }
         }
         if let Some(policy) = &mut turn.policy {
+            // The target gauge, once the deployment's application is known (routes published).
+            let app = router.metrics().app();
+            if !turn.gauge_set && !app.is_empty() {
+                let target = self.supervision.target();
+                metrics::autoscaling_decision(&app, &self.name, target, target);
+                turn.gauge_set = true;
+            }
             let load = router.num_ongoing() + router.num_queued();
             if let Some(d) = policy.observe(now, load, self.supervision.target()) {
                 tracing::info!(
@@ -157,7 +166,7 @@ impl<T: Send + Sync + 'static> Node<T> {
                     "autoscaling"
                 );
                 self.supervision.set_target(d.to);
-                metrics::autoscaling_decision(&router.metrics().app(), &self.name, d.from, d.to);
+                metrics::autoscaling_decision(&app, &self.name, d.from, d.to);
                 // A new target is worth an attempt now, whatever the retry pause.
                 turn.retry_at = None;
             }
