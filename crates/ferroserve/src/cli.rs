@@ -319,6 +319,7 @@ fn summarize(applications: &Value) -> Value {
                 dname.clone(),
                 serde_json::json!({
                     "status": d["status"],
+                    "target_num_replicas": d["target_num_replicas"],
                     "replica_states": d["replica_states"],
                     "message": d["message"],
                 }),
