@@ -4,7 +4,7 @@ mod common;
 
 use std::io::Cursor;
 
-use common::{client, start, Example};
+use common::{client, start, Example, Fetch};
 use ferroserve::adapters::{JsonRequest, JsonToNdarrayOf, StarletteRequest};
 use ferroserve::dag::{DagDriver, InputNode};
 use ferroserve::{Deployment, Handles, Serve};
@@ -180,24 +180,13 @@ async fn json_raw_and_model_adapters() {
     assert_eq!((s, v), (200, json!({"any": [1, "json"]})));
     let v: Value = client()
         .get(format!("{}/raw?x=1&y=a%20b", ex.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(
         v,
         json!({"method": "GET", "path": "/raw", "query": {"x": "1", "y": "a b"}})
     );
-    let v: Value = client()
-        .post(format!("{}/raw", ex.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = client().post(format!("{}/raw", ex.base)).fetch_json().await;
     assert_eq!(v["method"], "POST");
     let user = format!("{}/user", ex.base);
     let (s, v) = post_json(&user, json!({"user_id": 1, "user_name": "ada"})).await;
@@ -325,14 +314,7 @@ async fn dag_driver_serves_a_chain_and_an_ensemble_on_sub_routes() {
     );
     let (_, v) = post_json(&format!("{base}/echo"), json!({"k": [1]})).await;
     assert_eq!(v, json!({"k": [1]}));
-    let v: Value = client()
-        .get(format!("{base}/method"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = client().get(format!("{base}/method")).fetch_json().await;
     assert_eq!(v, json!("GET"));
     let (s, v) = post_json(
         &format!("{base}/chain"),

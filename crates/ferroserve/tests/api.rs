@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::State;
-use common::{client, start, Example};
+use common::{client, start, Example, Fetch};
 use ferroserve::api::routing::{get, post};
 use ferroserve::api::{ApiIngress, ApiRouter, Headers, Json, Path, RootPath};
 use ferroserve::{Application, Deployment, Serve};
@@ -156,26 +156,12 @@ async fn fastapi_users_validates_every_location_in_fastapi_shape() {
         json!({"user_id": 7, "user_name": "ada"})
     );
     // Query and path.
-    let v: Value = c
-        .get(format!("{users}?limit=0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = c.get(format!("{users}?limit=0")).fetch_json().await;
     assert_eq!(v["detail"][0]["loc"], json!(["query", "limit"]));
-    let v: Value = c
-        .get(format!("{users}?limit=ten"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = c.get(format!("{users}?limit=ten")).fetch_json().await;
     assert_eq!(v["detail"][0]["loc"], json!(["query", "limit"]));
     assert_eq!(v["detail"][0]["input"], "ten");
-    let v: Value = c.get(&users).send().await.unwrap().json().await.unwrap();
+    let v: Value = c.get(&users).fetch_json().await;
     assert_eq!(v["detail"][0]["loc"], json!(["query", "limit"]));
     assert_eq!(v["detail"][0]["type"], "missing");
     let r = c.get(format!("{users}/abc")).send().await.unwrap();
@@ -185,23 +171,9 @@ async fn fastapi_users_validates_every_location_in_fastapi_shape() {
         v,
         json!({"detail": [{"type": "type_error", "loc": ["path", "user_id"], "msg": "Input should be a valid i64", "input": "abc"}]})
     );
-    let v: Value = c
-        .get(format!("{users}?limit=5"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = c.get(format!("{users}?limit=5")).fetch_json().await;
     assert_eq!(v, json!([{"user_id": 7, "user_name": "ada"}]));
-    let v: Value = c
-        .get(format!("{users}/7"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = c.get(format!("{users}/7")).fetch_json().await;
     assert_eq!(v["user_name"], "ada");
     let r = c.get(format!("{users}/8")).send().await.unwrap();
     assert_eq!(r.status(), 404);
@@ -301,14 +273,7 @@ async fn routes_reach_their_own_replica_instance_and_root_path() {
     let c = client();
     let mut hits = [0u64; 2];
     for _ in 0..100 {
-        let v: Value = c
-            .post(format!("{base}/s/hit"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = c.post(format!("{base}/s/hit")).fetch_json().await;
         assert_eq!(v["root_path"], "/s");
         let r = v["replica"].as_u64().unwrap() as usize;
         hits[r] += 1;
@@ -319,23 +284,9 @@ async fn routes_reach_their_own_replica_instance_and_root_path() {
         );
     }
     assert!(hits[0] > 0 && hits[1] > 0);
-    let v: Value = c
-        .get(format!("{base}/s/items/x/5"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = c.get(format!("{base}/s/items/x/5")).fetch_json().await;
     assert_eq!(v, json!("x:5"));
-    let v: Value = c
-        .get(format!("{base}/s/items/x/-5"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = c.get(format!("{base}/s/items/x/-5")).fetch_json().await;
     assert_eq!(v["detail"][0]["loc"], json!(["path", "b"]));
     server.shutdown().await;
 }

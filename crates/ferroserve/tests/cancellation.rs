@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, start, Example};
+use common::{eventually, start, Example, Fetch};
 use ferroserve::{Deployment, DeploymentHandle, HandlerError, Handles, Ingress, Request, Serve};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -174,7 +174,7 @@ async fn a_request_cancelled_while_queued_never_reaches_a_replica() {
     let c = common::client();
     let first = tokio::spawn({
         let (c, url) = (c.clone(), format!("{base}/"));
-        async move { c.get(url).send().await.unwrap().text().await.unwrap() }
+        async move { c.get(url).fetch_text().await }
     });
     eventually("first running", || arrivals.load(Ordering::SeqCst) == 1).await;
     let queued = tokio::spawn({

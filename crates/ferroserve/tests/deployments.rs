@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, eventually, start};
+use common::{client, eventually, start, Fetch};
 use ferroserve::{
     Application, Deployment, DeploymentHandle, Error, HandlerError, Handles, Ingress, Json,
     Request, Serve,
@@ -143,25 +143,14 @@ async fn handle_calls_carry_the_request_context_and_spread_over_replicas() {
     let v: Value = c
         .get(format!("{base}/"))
         .header("x-request-id", "trace-7")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(v["request_id"], "trace-7");
     assert_eq!(v["deployment"], "Model");
     assert_eq!(v["has_deadline"], true);
     let mut seen = [false; 2];
     for _ in 0..200 {
-        let v: Value = c
-            .get(format!("{base}/"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v: Value = c.get(format!("{base}/")).fetch_json().await;
         seen[v["replica"].as_u64().unwrap() as usize] = true;
     }
     assert_eq!(seen, [true, true], "both replicas served");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Example;
+use common::{Example, Fetch};
 
 #[tokio::test]
 async fn counter_returns_the_query_params_and_exits_0_on_sigterm() {
@@ -26,12 +26,8 @@ async fn composition_sums_through_a_handle_on_two_replicas() {
         let v: serde_json::Value = c
             .post(format!("{}/", ex.base))
             .body("[1, 2, 3.5]")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .fetch_json()
+            .await;
         assert_eq!(v["sum"], 6.5);
         replicas.insert(v["replica"].as_str().unwrap().to_owned());
     }

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use common::{client, start};
+use common::{client, start, Fetch};
 use ferroserve::multiplex::{self, Multiplexed};
 use ferroserve::{
     BoundDeployment, BoxError, Deployment, DeploymentHandle, Error, HandlerError, Handles, Ingress,
@@ -240,12 +240,8 @@ async fn a_failed_load_is_a_500_without_detail_for_every_waiter_and_the_next_req
 async fn held_models(admin: &str) -> Vec<(String, Value)> {
     let status: Value = client()
         .get(format!("{admin}/api/serve/applications/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     let replicas = status["applications"]
         .as_object()
         .unwrap()

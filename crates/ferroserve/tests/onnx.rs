@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{client, start};
+use common::{client, start, Fetch};
 use ferroserve::onnx::{self, OnnxArgs};
 use ferroserve::{Error, Serve, Server};
 use serde_json::{json, Value};
@@ -173,14 +173,7 @@ async fn bad_input_is_a_422_that_says_what_was_expected() {
 #[tokio::test]
 async fn metadata_docs_and_openapi() {
     let (server, base) = serve_iris(iris_args()).await;
-    let info: Value = client()
-        .get(format!("{base}/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = client().get(format!("{base}/")).fetch_json().await;
     assert_eq!(
         info,
         json!({"model": "iris.onnx", "inputs": 4, "labels": expected()["labels"]})
@@ -196,12 +189,8 @@ async fn metadata_docs_and_openapi() {
 
     let api: Value = client()
         .get(format!("{base}/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     let predict = &api["paths"]["/predict"]["post"];
     assert!(predict.is_object(), "{api}");
     assert!(predict["responses"]["422"].is_object(), "{predict}");

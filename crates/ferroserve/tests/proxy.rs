@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, eventually, start};
+use common::{client, eventually, start, Fetch};
 use ferroserve::{
     Application, Deployment, HandlerError, Ingress, IntoResponse, Json, QueryParams, Request,
     Response, Serve, StatusCode,
@@ -85,12 +85,8 @@ async fn raw_request_exposes_method_path_query_headers_body() {
         .header("x-hello", "world")
         .header("x-request-id", "req-123")
         .body("payload")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(
         v,
         serde_json::json!({
@@ -177,14 +173,7 @@ async fn unknown_path_is_404_with_ray_text_and_routes_lists_apps() {
     // Longest prefix wins; `/api/v2x` belongs to `/api`.
     let r = c.get(format!("{base}/api/v2?k=v")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), r#"{"k":"v"}"#);
-    let v: serde_json::Value = c
-        .get(format!("{base}/api/v2x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: serde_json::Value = c.get(format!("{base}/api/v2x")).fetch_json().await;
     assert_eq!(v["path"], "/v2x");
 
     let r = c.get(format!("{base}/-/routes")).send().await.unwrap();
@@ -462,7 +451,7 @@ async fn graceful_shutdown_finishes_in_flight_and_refuses_new_connections() {
     let url = format!("{base}/");
     let in_flight = tokio::spawn({
         let c = c.clone();
-        async move { c.get(url).send().await.unwrap().text().await.unwrap() }
+        async move { c.get(url).fetch_text().await }
     });
     rig.arrived.recv().await.unwrap();
     let addr = server.local_addr();

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, eventually, start};
+use common::{client, eventually, start, Fetch};
 use ferroserve::autoscaling::AutoscalingOptions;
 use ferroserve::config::ServeConfig;
 use ferroserve::registry::Registry;
@@ -260,24 +260,10 @@ async fn an_http_request_to_an_app_scaled_to_zero_is_served() {
     let handle = app.handle();
     let (server, base) = start(Serve::new().app(app)).await;
     assert_eq!(handle.num_replicas(), 0);
-    let body = client()
-        .get(format!("{base}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = client().get(format!("{base}/")).fetch_text().await;
     assert_eq!(body, "replica 0");
     eventually("scaled back to zero", || handle.num_replicas() == 0).await;
-    let body = client()
-        .get(format!("{base}/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = client().get(format!("{base}/")).fetch_text().await;
     assert_eq!(body, "replica 1", "a fresh replica after scaling to zero");
     let metrics = metrics_text(&base).await;
     for line in [
@@ -300,14 +286,7 @@ async fn an_http_request_to_an_app_scaled_to_zero_is_served() {
 }
 
 async fn metrics_text(base: &str) -> String {
-    client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    client().get(format!("{base}/metrics")).fetch_text().await
 }
 
 #[tokio::test]
@@ -319,16 +298,7 @@ async fn health_check_failures_are_logged_counted_and_the_replica_replaced_over_
     );
     let handle = app.handle();
     let (server, base) = start(Serve::new().app(app)).await;
-    let get = || async {
-        client()
-            .get(format!("{base}/"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let get = || async { client().get(format!("{base}/")).fetch_text().await };
     assert_eq!(get().await, "replica 0");
     handle.remote(Break::Fail).await.unwrap();
     eventually("a replacement replica", || {
@@ -399,27 +369,13 @@ async fn a_constructor_that_fails_twice_is_retried_and_the_app_runs() {
     let put = client().put(&admin).body(FLAKY).send().await.unwrap();
     assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
-    let status: Value = client()
-        .get(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = client().get(&admin).fetch_json().await;
     assert_eq!(status["applications"]["flaky"]["status"], "RUNNING");
     let deployment = &status["applications"]["flaky"]["deployments"]["Flaky"];
     assert_eq!(deployment["status"], "HEALTHY");
     assert_eq!(deployment["target_num_replicas"], 1);
     assert_eq!(deployment["replica_states"]["RUNNING"], 1);
-    let body = client()
-        .get(format!("{base}/flaky"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = client().get(format!("{base}/flaky")).fetch_text().await;
     assert_eq!(body, "replica 2");
     server.shutdown().await;
 }
@@ -431,14 +387,7 @@ async fn a_constructor_that_keeps_failing_is_deploy_failed_with_its_error_in_sta
     let put = client().put(&admin).body(FLAKY).send().await.unwrap();
     assert_eq!(put.status(), 200);
     assert_eq!(attempts.load(Ordering::SeqCst), 3, "bounded retries");
-    let status: Value = client()
-        .get(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = client().get(&admin).fetch_json().await;
     let app = &status["applications"]["flaky"];
     assert_eq!(app["status"], "DEPLOY_FAILED");
     assert_eq!(

@@ -26,6 +26,28 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().http1_only().build().unwrap()
 }
 
+/// Sends a request expected to succeed at the transport level and reads its body: the chain
+/// `.send().await.unwrap().text().await.unwrap()` (or `.json()`) in one call. The status is not
+/// checked; tests that care about it keep the `Response`.
+pub trait Fetch {
+    /// The body as text.
+    fn fetch_text(self) -> impl std::future::Future<Output = String> + Send;
+    /// The body parsed as JSON.
+    fn fetch_json<T: serde::de::DeserializeOwned>(
+        self,
+    ) -> impl std::future::Future<Output = T> + Send;
+}
+
+impl Fetch for reqwest::RequestBuilder {
+    async fn fetch_text(self) -> String {
+        self.send().await.unwrap().text().await.unwrap()
+    }
+
+    async fn fetch_json<T: serde::de::DeserializeOwned>(self) -> T {
+        self.send().await.unwrap().json().await.unwrap()
+    }
+}
+
 /// Waits until `cond` holds, checking every millisecond, failing after 10 s. For conditions
 /// that no event announces (counters inside the server), not as a fixed delay.
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
