@@ -37,6 +37,19 @@ struct Probe {
 }
 
 impl Probe {
+    /// A probe whose loads wait for permits of the returned gate, and which says on the
+    /// returned channel when each handler is about to ask for its model.
+    fn gated() -> (Arc<Probe>, Arc<Semaphore>, mpsc::UnboundedReceiver<()>) {
+        let gate = Arc::new(Semaphore::new(0));
+        let (asking_tx, asking) = mpsc::unbounded_channel();
+        let probe = Arc::new(Probe {
+            gate: Some(gate.clone()),
+            asking: Some(asking_tx),
+            ..Probe::default()
+        });
+        (probe, gate, asking)
+    }
+
     fn loads(&self) -> Vec<String> {
         self.loads.lock().unwrap().clone()
     }
@@ -184,13 +197,7 @@ async fn the_least_recently_used_model_is_evicted_at_three_with_the_hook_in_lru_
 /// is asking, each one has polled `get` and is waiting on the load.
 #[tokio::test]
 async fn concurrent_requests_for_one_model_load_it_once() {
-    let gate = Arc::new(Semaphore::new(0));
-    let (asking_tx, mut asking) = mpsc::unbounded_channel();
-    let probe = Arc::new(Probe {
-        gate: Some(gate.clone()),
-        asking: Some(asking_tx),
-        ..Probe::default()
-    });
+    let (probe, gate, mut asking) = Probe::gated();
     let (_server, base) = start(inferencer(&probe, 1, 3)).await;
     let requests: Vec<_> = (0..8).map(|_| tokio::spawn(ask(&base, "m1"))).collect();
     for _ in 0..8 {
@@ -208,13 +215,7 @@ async fn concurrent_requests_for_one_model_load_it_once() {
 
 #[tokio::test]
 async fn a_failed_load_is_a_500_without_detail_for_every_waiter_and_the_next_request_loads_again() {
-    let gate = Arc::new(Semaphore::new(0));
-    let (asking_tx, mut asking) = mpsc::unbounded_channel();
-    let probe = Arc::new(Probe {
-        gate: Some(gate.clone()),
-        asking: Some(asking_tx),
-        ..Probe::default()
-    });
+    let (probe, gate, mut asking) = Probe::gated();
     probe.fail_next.lock().unwrap().insert("m1".into());
     let (_server, base) = start(inferencer(&probe, 1, 3)).await;
     let requests: Vec<_> = (0..3).map(|_| tokio::spawn(ask(&base, "m1"))).collect();
