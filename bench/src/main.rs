@@ -242,30 +242,28 @@ fn rss_kib(pid: u32) -> Result<(u64, u64)> {
 
 /// User + system CPU time a process has used so far, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    let Some((_, after_comm)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let f: Vec<&str> = after_comm.split_whitespace().collect();
-    // After the command name: f[0] is field 3 (state); utime/stime are fields 14/15.
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
+    // After the command name: field 3 (state) is index 0; utime/stime are fields 14/15.
+    stat_ticks(&format!("/proc/{pid}/stat"), 11)
 }
 
 /// User + system CPU time of this process's reaped children so far, in clock ticks.
 fn children_ticks() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    // cutime/cstime are fields 16/17.
+    stat_ticks("/proc/self/stat", 13)
+}
+
+/// The sum of two adjacent tick fields of a `/proc/*/stat` file, counted from the first field
+/// after the command name (`index` 0 is field 3); 0 when unreadable.
+fn stat_ticks(path: &str, index: usize) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(path) else {
         return 0;
     };
     let Some((_, after_comm)) = stat.rsplit_once(')') else {
         return 0;
     };
     let f: Vec<&str> = after_comm.split_whitespace().collect();
-    // cutime/cstime are fields 16/17.
     let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(13) + get(14)
+    get(index) + get(index + 1)
 }
 
 fn clock_ticks_per_s() -> f64 {
