@@ -619,10 +619,7 @@ impl From<&DeploymentOptions> for DeploymentConfigView {
 fn count_states(replicas: &[ReplicaInfo]) -> Map<String, Value> {
     let mut counts = Map::new();
     for r in replicas {
-        let key = serde_json::to_value(r.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let key = r.state.as_str().to_owned();
         let n = counts.get(&key).and_then(Value::as_u64).unwrap_or(0);
         counts.insert(key, Value::from(n + 1));
     }

@@ -479,6 +479,17 @@ pub enum ReplicaState {
     Stopping,
 }
 
+impl ReplicaState {
+    /// The name `status` and `/metrics` give the state (its serialized form).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplicaState::Starting => "STARTING",
+            ReplicaState::Running => "RUNNING",
+            ReplicaState::Stopping => "STOPPING",
+        }
+    }
+}
+
 /// One replica in a status report.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReplicaInfo {
@@ -940,3 +951,19 @@ macro_rules! tuple_deps {
 tuple_deps!(A 0, B 1);
 tuple_deps!(A 0, B 1, C 2);
 tuple_deps!(A 0, B 1, C 2, D 3);
+
+#[cfg(test)]
+mod tests {
+    use super::ReplicaState;
+
+    #[test]
+    fn replica_state_names_match_their_serialized_form() {
+        for state in [
+            ReplicaState::Starting,
+            ReplicaState::Running,
+            ReplicaState::Stopping,
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+    }
+}

@@ -916,23 +916,19 @@ pub(crate) fn render(proxy: &ProxyMetrics, deployments: &[DeploymentSample]) -> 
     for d in deployments {
         // Every state a replica is in, named as `status` names it, and the three basic ones
         // even when empty.
-        let mut counts: BTreeMap<String, usize> = ["RUNNING", "STARTING", "STOPPING"]
+        let mut counts: BTreeMap<&str, usize> = ["RUNNING", "STARTING", "STOPPING"]
             .into_iter()
-            .map(|s| (s.to_owned(), 0))
+            .map(|s| (s, 0))
             .collect();
         for r in &d.replicas {
-            let state = serde_json::to_value(r.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_else(|| format!("{:?}", r.state));
-            *counts.entry(state).or_default() += 1;
+            *counts.entry(r.state.as_str()).or_default() += 1;
         }
         for (state, n) in counts {
             let _ = writeln!(
                 out,
                 "serve_deployment_replicas{{{},state=\"{}\"}} {n}",
                 dep_labels(d),
-                escape(&state)
+                state
             );
         }
     }
