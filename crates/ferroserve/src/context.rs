@@ -60,8 +60,10 @@ tokio::task_local! {
 #[derive(Clone, Debug)]
 pub struct RequestContext {
     inner: Arc<Inner>,
-    deployment: Arc<str>,
-    root_path: Arc<str>,
+    /// `None` outside a replica: no allocation for a context that never reaches one.
+    deployment: Option<Arc<str>>,
+    /// `None` until the proxy names the application's route prefix.
+    root_path: Option<Arc<str>>,
     /// The model this request is for (`serve_multiplexed_model_id`), if any.
     model_id: Option<Arc<str>>,
     /// The model ids published by the replica serving this context (set on a replica only).
@@ -86,8 +88,8 @@ impl RequestContext {
                 timeout,
                 cancel: CancellationToken::new(),
             }),
-            deployment: Arc::from(""),
-            root_path: Arc::from(""),
+            deployment: None,
+            root_path: None,
             model_id: None,
             replica_models: None,
         }
@@ -114,14 +116,14 @@ impl RequestContext {
 
     /// The same context, for a request to the application mounted at `route_prefix`.
     pub(crate) fn in_app(mut self, route_prefix: &Arc<str>) -> Self {
-        self.root_path = route_prefix.clone();
+        self.root_path = Some(route_prefix.clone());
         self
     }
 
     /// The route prefix of the application serving the request (`""` at `/`; FastAPI's
     /// `root_path`).
     pub fn root_path(&self) -> &str {
-        crate::app::root_of(&self.root_path)
+        self.root_path.as_deref().map_or("", crate::app::root_of)
     }
 
     /// The context a handle call made under this one gets: same id and deadline, a child token
@@ -135,7 +137,7 @@ impl RequestContext {
                 timeout: self.inner.timeout,
                 cancel: self.inner.cancel.child_token(),
             }),
-            deployment: deployment.clone(),
+            deployment: Some(deployment.clone()),
             root_path: self.root_path.clone(),
             model_id: None,
             replica_models: None,
@@ -146,7 +148,7 @@ impl RequestContext {
     pub(crate) fn for_deployment(&self, deployment: &Arc<str>) -> Self {
         RequestContext {
             inner: self.inner.clone(),
-            deployment: deployment.clone(),
+            deployment: Some(deployment.clone()),
             root_path: self.root_path.clone(),
             model_id: self.model_id.clone(),
             replica_models: self.replica_models.clone(),
@@ -160,7 +162,7 @@ impl RequestContext {
 
     /// The deployment serving this context (empty outside a replica).
     pub fn deployment(&self) -> &str {
-        &self.deployment
+        self.deployment.as_deref().unwrap_or("")
     }
 
     /// When the request times out, if it has an end-to-end timeout.

@@ -277,7 +277,7 @@ impl<T: Ingress> HttpEndpoint for IngressEndpoint<T> {
             })
             .await;
             match outcome {
-                Ok((response, slot)) => attach(response, ctx, Box::new(slot)),
+                Ok((response, slot)) => attach(response, ctx, slot),
                 Err(e) => e.into_response(),
             }
         }

@@ -194,7 +194,11 @@ pub(crate) type Guard = Box<dyn Send + Sync>;
 
 /// Attaches the replica slot and the request context to a response. A complete body releases
 /// the slot now; a streamed one keeps it until the stream ends and runs under the context.
-pub(crate) fn attach(response: Response, ctx: RequestContext, slot: Guard) -> Response {
+pub(crate) fn attach<S: Send + Sync + 'static>(
+    response: Response,
+    ctx: RequestContext,
+    slot: S,
+) -> Response {
     if response.body().size_hint().exact().is_some() {
         return response;
     }
@@ -207,7 +211,7 @@ pub(crate) fn attach(response: Response, ctx: RequestContext, slot: Guard) -> Re
         Body::new(ReplicaBody {
             inner: Some(body),
             ctx,
-            slot: Some(slot),
+            slot: Some(Box::new(slot)),
             deadline,
             done: false,
         }),

@@ -235,11 +235,11 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
             if let Some(pin) = &pin {
                 request.extensions_mut().insert(pin.clone());
             }
-            let root: Arc<str> = ctx.root_path().into();
+            let app_ctx = ctx.clone();
             let outcome = run_keeping_slot(&router, ctx.clone(), move |replica: &Replica<T>| {
                 let app = replica.http.get_or_init(|| build(&replica.instance));
                 let (axum_router, openapi) = (app.router.clone(), app.openapi.clone());
-                serve_app(axum_router, openapi, title, request, root)
+                serve_app(axum_router, openapi, title, request, app_ctx)
             })
             .await;
             match (outcome, pin) {
@@ -249,7 +249,7 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
                     pin.keep(Box::new(slot));
                     response
                 }
-                (Ok((response, slot)), _) => attach(response, ctx, Box::new(slot)),
+                (Ok((response, slot)), _) => attach(response, ctx, slot),
                 (Err(e), _) => e.into_response(),
             }
         }
@@ -262,9 +262,9 @@ async fn serve_app(
     openapi: Option<Arc<OpenApi>>,
     title: Arc<str>,
     request: http::Request<Body>,
-    root: Arc<str>,
+    ctx: RequestContext,
 ) -> Response {
-    let root = &*root;
+    let root = ctx.root_path();
     let (mut parts, body) = request.into_parts();
     let rel = relative_path(root, parts.uri.path());
     if let (Some(doc), true) = (&openapi, parts.method == Method::GET) {
