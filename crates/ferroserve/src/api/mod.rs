@@ -16,6 +16,10 @@
 //! | `/docs`, `/openapi.json` | `{route_prefix}/docs`, `{route_prefix}/openapi.json` (assets built in) |
 //! | `root_path` | [`RootPath`] |
 //!
+//! Request bodies are limited once, by the server's `max_request_body_bytes` (see
+//! [`crate::limits`]), in place of axum's own 2 MiB default; a router that sets its own
+//! `DefaultBodyLimit` keeps it (within the server's limit).
+//!
 //! Unknown paths under the prefix answer `404 {"detail":"Not Found"}`, a known path with another
 //! method `405 {"detail":"Method Not Allowed"}` with `Allow`.
 
@@ -27,6 +31,7 @@ use std::sync::Arc;
 
 use aide::openapi::{Info, OpenApi, Server};
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{BoxFuture, FutureExt};
 use http::{header, HeaderValue, Method, StatusCode, Uri};
@@ -192,7 +197,8 @@ pub(crate) fn build_api<T: ApiIngress>(instance: &Arc<T>) -> HttpApp {
     let mut api = OpenApi::default();
     let router = T::routes()
         .finish_api(&mut api)
-        .with_state(instance.clone());
+        .with_state(instance.clone())
+        .layer(DefaultBodyLimit::disable());
     name_path_params(&mut api);
     HttpApp {
         router,
@@ -203,7 +209,7 @@ pub(crate) fn build_api<T: ApiIngress>(instance: &Arc<T>) -> HttpApp {
 pub(crate) fn build_router<T: ServeRouter>(instance: &Arc<T>) -> HttpApp {
     let (router, openapi) = instance.router();
     HttpApp {
-        router,
+        router: router.layer(DefaultBodyLimit::disable()),
         openapi: openapi.map(Arc::new),
     }
 }
