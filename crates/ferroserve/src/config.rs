@@ -64,7 +64,8 @@ pub struct HttpOptionsConfig {
     /// End-to-end timeout per request; `null` (the default) waits forever.
     #[serde(default)]
     pub request_timeout_s: Option<f64>,
-    /// Idle keep-alive (and request head) timeout. Default 5.
+    /// Idle keep-alive, request head and first-bytes timeout: a connection that sends no
+    /// (complete) request head within it is closed. Default 5.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_timeout_s: f64,
     /// A path the whole server is mounted under (behind a reverse proxy), e.g. `/serve`:
