@@ -299,7 +299,9 @@ pub(crate) struct ConnOptions {
 /// Limits: at most `max_connections` connections are open at once (the loop stops accepting
 /// until one closes, so further clients wait in the kernel's listen queue); a connection that
 /// sends nothing within `keep_alive_timeout` is closed (hyper times later request heads
-/// itself); a request head over `max_header_bytes` or `max_headers` is answered `431` by hyper.
+/// itself); a request head over `max_header_bytes` or `max_headers` is answered `431` by hyper;
+/// a connection whose body was refused with `413` closes gently so the client reads the `413`
+/// (see [`ClientStream`]).
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<ProxyState>,
@@ -340,11 +342,21 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let linger = Arc::new(AtomicBool::new(false));
+        let refused = linger.clone();
         let service = hyper::service::service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req).await) }
+            let refused = refused.clone();
+            async move {
+                let response = handle(state, req).await;
+                if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    // The body is (partly) unread: close gently (see `ClientStream`).
+                    refused.store(true, Ordering::Relaxed);
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
-        let stream = PrefaceDeadline::new(stream, head_timeout);
+        let stream = ClientStream::new(stream, head_timeout, linger);
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
@@ -371,35 +383,49 @@ pub(crate) async fn serve(
 }
 
 pin_project_lite::pin_project! {
-    /// A connection that must send its first bytes in time.
+    /// A client connection, with two defences hyper lacks.
     ///
-    /// hyper times an HTTP/1.1 request head only once it knows the connection speaks HTTP/1.1,
-    /// and learns that from the first bytes: a client that connects and sends nothing (or part
-    /// of the HTTP/2 preface) would hold its connection forever. Reads fail with `TimedOut`
-    /// until the bytes read tell HTTP/1.1 from HTTP/2 (they differ from the preface, or the
-    /// whole preface arrived); from then on this is the plain stream.
-    struct PrefaceDeadline {
+    /// First bytes in time: hyper times an HTTP/1.1 request head only once it knows the
+    /// connection speaks HTTP/1.1, and learns that from the first bytes, so a client that
+    /// connects and sends nothing (or part of the HTTP/2 preface) would hold its connection
+    /// forever. Reads fail with `TimedOut` until the bytes read tell HTTP/1.1 from HTTP/2 (they
+    /// differ from the preface, or the whole preface arrived).
+    ///
+    /// Lingering close: when a response refused a body the client is still sending (`413`),
+    /// closing at once would reset the connection under the client's writes, and most clients
+    /// then report the reset instead of the `413`. So, as nginx does, the close sends FIN and
+    /// reads and discards what the client still sends until it closes too, for at most the
+    /// keep-alive timeout.
+    struct ClientStream {
         #[pin]
         stream: tokio::net::TcpStream,
         deadline: Option<Pin<Box<tokio::time::Sleep>>>,
         // Bytes of the HTTP/2 preface matched so far.
         matched: usize,
+        // Set by the service when a response left the request body unread.
+        linger: Arc<AtomicBool>,
+        timeout: Duration,
+        // Once the write side is shut: discarding the client's bytes until this passes.
+        lingering: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-impl PrefaceDeadline {
-    fn new(stream: tokio::net::TcpStream, timeout: Duration) -> Self {
-        PrefaceDeadline {
+impl ClientStream {
+    fn new(stream: tokio::net::TcpStream, timeout: Duration, linger: Arc<AtomicBool>) -> Self {
+        ClientStream {
             stream,
             deadline: Some(Box::pin(tokio::time::sleep(timeout))),
             matched: 0,
+            linger,
+            timeout,
+            lingering: None,
         }
     }
 }
 
-impl tokio::io::AsyncRead for PrefaceDeadline {
+impl tokio::io::AsyncRead for ClientStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -437,7 +463,7 @@ impl tokio::io::AsyncRead for PrefaceDeadline {
     }
 }
 
-impl tokio::io::AsyncWrite for PrefaceDeadline {
+impl tokio::io::AsyncWrite for ClientStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -469,7 +495,30 @@ impl tokio::io::AsyncWrite for PrefaceDeadline {
         self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.project().stream.poll_shutdown(cx)
+        let mut this = self.project();
+        if this.lingering.is_none() {
+            std::task::ready!(this.stream.as_mut().poll_shutdown(cx))?;
+            if !this.linger.load(Ordering::Relaxed) {
+                return Poll::Ready(Ok(()));
+            }
+            *this.lingering = Some(Box::pin(tokio::time::sleep(*this.timeout)));
+        }
+        let Some(until) = this.lingering.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 8192];
+        loop {
+            if until.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match tokio::io::AsyncRead::poll_read(this.stream.as_mut(), cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // The client closed (or reset): done.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -103,10 +103,15 @@ async fn a_declared_length_over_the_limit_is_refused_before_the_body_is_read() {
         Duration::from_secs(5),
     )
     .await;
-    for path in ["/raw", "/api/json"] {
+    for (path, expect) in [
+        ("/raw", ""),
+        ("/api/json", ""),
+        // A client that asks first gets the 413 instead of `100 Continue`.
+        ("/raw", "Expect: 100-continue\r\n"),
+    ] {
         // Only the head is sent: the answer cannot depend on reading the 1 GiB body.
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n"
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{expect}Content-Length: 1073741824\r\n\r\n"
         );
         let r = exchange(&base, head.as_bytes()).await.expect("an answer");
         assert_eq!(r.status, 413, "{path}: {r:?}");
@@ -432,4 +437,33 @@ fn config_files_set_every_limit() {
         e.contains("http_options.max_header_bytes: must be at least 8192, got 100"),
         "{e}"
     );
+}
+
+/// A client that sends the whole body before reading (reqwest) must read the `413`, not a
+/// connection reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_client_sending_too_much_reads_the_413() {
+    let (server, base) = server(
+        limits(|l| l.max_request_body_bytes = 64 << 10),
+        Duration::from_secs(5),
+    )
+    .await;
+    for size in [65 << 10, 1 << 20, 8 << 20] {
+        for path in ["/raw", "/api/json"] {
+            let r = client()
+                .post(format!("{base}{path}"))
+                .header("content-type", "application/json")
+                .body(json_of_len(size))
+                .send()
+                .await;
+            // Not a reset: the server discards the rest of the body, then closes.
+            let r = r.unwrap_or_else(|e| panic!("{path} {size}: {e:?}"));
+            assert_eq!(r.status(), 413, "{path} {size}");
+            assert!(
+                r.text().await.unwrap().contains("(max_request_body_bytes)"),
+                "{path} {size}"
+            );
+        }
+    }
+    server.shutdown().await;
 }
