@@ -421,11 +421,12 @@ async fn invalid_http2_frames_end_the_connection_not_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_websocket_frames_close_with_1002_and_the_server_lives_on() {
+async fn invalid_websocket_frames_close_with_1002_or_1007_and_the_server_lives_on() {
     let (server, base) = server().await;
     // Masked frames are what a client must send; each case breaks one rule.
-    let cases: [(&str, &[u8], u16); 4] = [
+    let cases: [(&str, &[u8], u16); 5] = [
         ("an unmasked client frame", b"\x81\x02hi", 1002),
+        ("text that is not UTF-8", b"\x81\x82\0\0\0\0\xff\xfe", 1007),
         ("a reserved opcode", b"\x83\x80\0\0\0\0", 1002),
         ("a reserved bit set", b"\xc1\x80\0\0\0\0", 1002),
         ("a fragmented control frame", b"\x09\x80\0\0\0\0", 1002),

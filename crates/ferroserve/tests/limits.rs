@@ -448,9 +448,18 @@ async fn a_real_client_sending_too_much_reads_the_413() {
         Duration::from_secs(5),
     )
     .await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     for size in [65 << 10, 1 << 20, 8 << 20] {
-        for path in ["/raw", "/api/json"] {
-            let r = client()
+        for (path, client) in [
+            ("/raw", client()),
+            ("/api/json", client()),
+            ("/raw", h2.clone()),
+            ("/api/json", h2.clone()),
+        ] {
+            let r = client
                 .post(format!("{base}{path}"))
                 .header("content-type", "application/json")
                 .body(json_of_len(size))
