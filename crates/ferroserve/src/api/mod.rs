@@ -126,6 +126,10 @@ impl ServeRouter for DocumentedRouter {
 /// One replica's HTTP app.
 pub(crate) struct HttpApp {
     router: axum::Router,
+    /// `router` without axum's 2 MiB default body limit, for bodies that may be larger (the
+    /// server's own limit applies to them already). Kept apart so that requests whose body is
+    /// known to be small skip the extension axum's switch inserts (an allocation).
+    unlimited: axum::Router,
     openapi: Option<Arc<OpenApi>>,
 }
 
@@ -197,10 +201,10 @@ pub(crate) fn build_api<T: ApiIngress>(instance: &Arc<T>) -> HttpApp {
     let mut api = OpenApi::default();
     let router = T::routes()
         .finish_api(&mut api)
-        .with_state(instance.clone())
-        .layer(DefaultBodyLimit::disable());
+        .with_state(instance.clone());
     name_path_params(&mut api);
     HttpApp {
+        unlimited: router.clone().layer(DefaultBodyLimit::disable()),
         router,
         openapi: Some(Arc::new(api)),
     }
@@ -209,7 +213,8 @@ pub(crate) fn build_api<T: ApiIngress>(instance: &Arc<T>) -> HttpApp {
 pub(crate) fn build_router<T: ServeRouter>(instance: &Arc<T>) -> HttpApp {
     let (router, openapi) = instance.router();
     HttpApp {
-        router: router.layer(DefaultBodyLimit::disable()),
+        unlimited: router.clone().layer(DefaultBodyLimit::disable()),
+        router,
         openapi: openapi.map(Arc::new),
     }
 }
@@ -242,9 +247,11 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
                 request.extensions_mut().insert(pin.clone());
             }
             let root: Arc<str> = ctx.root_path().into();
+            let large = may_exceed_axum_default(request.body());
             let outcome = run_keeping_slot(&router, ctx.clone(), move |replica: &Replica<T>| {
                 let app = replica.http.get_or_init(|| build(&replica.instance));
-                let (axum_router, openapi) = (app.router.clone(), app.openapi.clone());
+                let axum_router = if large { &app.unlimited } else { &app.router };
+                let (axum_router, openapi) = (axum_router.clone(), app.openapi.clone());
                 serve_app(axum_router, openapi, title, request, root)
             })
             .await;
@@ -261,6 +268,18 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
         }
         .boxed()
     }
+}
+
+/// axum's extractors cap bodies at 2 MiB unless told otherwise.
+const AXUM_DEFAULT_BODY_LIMIT: u64 = 2 << 20;
+
+/// Whether `body` may be larger than axum's default limit (chunked, or declared larger): such
+/// requests go to the router without it, since the proxy enforces the server's limit.
+fn may_exceed_axum_default(body: &Body) -> bool {
+    use hyper::body::Body as _;
+    body.size_hint()
+        .upper()
+        .is_none_or(|upper| upper > AXUM_DEFAULT_BODY_LIMIT)
 }
 
 async fn serve_app(
