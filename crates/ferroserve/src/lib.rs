@@ -60,6 +60,7 @@ pub mod autoscaling;
 pub mod batch;
 pub mod cli;
 pub mod config;
+mod conn;
 pub mod context;
 mod controller;
 pub mod dag;
