@@ -64,7 +64,8 @@ pub struct HttpOptionsConfig {
     /// End-to-end timeout per request; `null` (the default) waits forever.
     #[serde(default)]
     pub request_timeout_s: Option<f64>,
-    /// Idle keep-alive (and request head) timeout. Default 5.
+    /// Idle keep-alive, request head and first-bytes timeout: a connection that sends no
+    /// (complete) request head within it is closed. Default 5.
     #[serde(default = "default_keep_alive")]
     pub keep_alive_timeout_s: f64,
     /// A path the whole server is mounted under (behind a reverse proxy), e.g. `/serve`:
@@ -75,6 +76,56 @@ pub struct HttpOptionsConfig {
     /// metrics off (no endpoint, no collection).
     #[serde(default = "default_metrics_path")]
     pub metrics_path: Option<String>,
+    /// Largest request body in bytes; `413` beyond it. Default 16 MiB (see [`crate::limits`]).
+    #[serde(default = "limit::body")]
+    pub max_request_body_bytes: u64,
+    /// Largest request head (HTTP/1.1) or header list (HTTP/2) in bytes; `431` beyond it.
+    /// Default 64 KiB, at least 8192.
+    #[serde(default = "limit::header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most headers in one request; `431` beyond it. Default 100.
+    #[serde(default = "limit::headers")]
+    pub max_headers: usize,
+    /// Most connections open at once; more wait in the listen queue. Default 10000.
+    #[serde(default = "limit::connections")]
+    pub max_connections: usize,
+    /// Largest WebSocket message in bytes; the socket closes with `1009` beyond it. Default
+    /// 16 MiB.
+    #[serde(default = "limit::websocket")]
+    pub max_websocket_message_bytes: usize,
+    /// Largest uploaded image (width × height) the image adapter decodes; `413` beyond it.
+    /// Default 40000000.
+    #[serde(default = "limit::pixels")]
+    pub max_image_pixels: u64,
+    /// Most elements in one `json_to_ndarray` array; `413` beyond it. Default 16777216.
+    #[serde(default = "limit::elements")]
+    pub max_array_elements: u64,
+}
+
+/// Defaults of the `http_options` limits, from [`crate::Limits::default`].
+mod limit {
+    use crate::Limits;
+    pub(super) fn body() -> u64 {
+        Limits::default().max_request_body_bytes
+    }
+    pub(super) fn header_bytes() -> usize {
+        Limits::default().max_header_bytes
+    }
+    pub(super) fn headers() -> usize {
+        Limits::default().max_headers
+    }
+    pub(super) fn connections() -> usize {
+        Limits::default().max_connections
+    }
+    pub(super) fn websocket() -> usize {
+        Limits::default().max_websocket_message_bytes
+    }
+    pub(super) fn pixels() -> u64 {
+        Limits::default().max_image_pixels
+    }
+    pub(super) fn elements() -> u64 {
+        Limits::default().max_array_elements
+    }
 }
 
 fn default_metrics_path() -> Option<String> {
@@ -100,6 +151,13 @@ impl Default for HttpOptionsConfig {
             keep_alive_timeout_s: default_keep_alive(),
             root_path: String::new(),
             metrics_path: default_metrics_path(),
+            max_request_body_bytes: limit::body(),
+            max_header_bytes: limit::header_bytes(),
+            max_headers: limit::headers(),
+            max_connections: limit::connections(),
+            max_websocket_message_bytes: limit::websocket(),
+            max_image_pixels: limit::pixels(),
+            max_array_elements: limit::elements(),
         }
     }
 }
@@ -446,6 +504,27 @@ impl ServeConfig {
             "http_options.keep_alive_timeout_s".into(),
             http.keep_alive_timeout_s,
         );
+        if http.max_header_bytes < crate::limits::MIN_HEADER_BYTES {
+            issue(
+                "http_options.max_header_bytes".into(),
+                format!(
+                    "must be at least {}, got {}",
+                    crate::limits::MIN_HEADER_BYTES,
+                    http.max_header_bytes
+                ),
+            );
+        }
+        for (field, value) in [
+            ("max_headers", http.max_headers),
+            ("max_connections", http.max_connections),
+        ] {
+            if value == 0 {
+                issue(
+                    format!("http_options.{field}"),
+                    "must be at least 1, got 0".into(),
+                );
+            }
+        }
         let root = &http.root_path;
         if !root.is_empty()
             && (!root.starts_with('/') || root.ends_with('/') || root.contains(['{', '}']))
@@ -598,7 +677,21 @@ impl HttpOptionsConfig {
             keep_alive_timeout: Duration::from_secs_f64(self.keep_alive_timeout_s),
             root_path: self.root_path.clone(),
             metrics_path: self.metrics_path.clone(),
+            limits: self.limits(),
             ..Default::default()
+        }
+    }
+
+    /// The request limits these options set.
+    pub fn limits(&self) -> crate::Limits {
+        crate::Limits {
+            max_request_body_bytes: self.max_request_body_bytes,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            max_connections: self.max_connections,
+            max_websocket_message_bytes: self.max_websocket_message_bytes,
+            max_image_pixels: self.max_image_pixels,
+            max_array_elements: self.max_array_elements,
         }
     }
 }

@@ -76,17 +76,28 @@ struct Inner {
     deadline: Option<Instant>,
     timeout: Option<Duration>,
     cancel: CancellationToken,
+    limits: crate::limits::Limits,
 }
 
 impl RequestContext {
     /// A fresh root context: the request id, and an optional end-to-end timeout from now.
     pub fn new(request_id: impl Into<Arc<str>>, timeout: Option<Duration>) -> Self {
+        Self::with_limits(request_id, timeout, crate::limits::Limits::default())
+    }
+
+    /// A fresh root context under the server's request limits.
+    pub(crate) fn with_limits(
+        request_id: impl Into<Arc<str>>,
+        timeout: Option<Duration>,
+        limits: crate::limits::Limits,
+    ) -> Self {
         RequestContext {
             inner: Arc::new(Inner {
                 request_id: request_id.into(),
                 deadline: timeout.map(|t| Instant::now() + t),
                 timeout,
                 cancel: CancellationToken::new(),
+                limits,
             }),
             deployment: None,
             root_path: None,
@@ -136,6 +147,7 @@ impl RequestContext {
                 deadline: self.inner.deadline,
                 timeout: self.inner.timeout,
                 cancel: self.inner.cancel.child_token(),
+                limits: self.inner.limits,
             }),
             deployment: Some(deployment.clone()),
             root_path: self.root_path.clone(),
@@ -173,6 +185,12 @@ impl RequestContext {
     /// The configured end-to-end timeout, if any.
     pub fn timeout(&self) -> Option<Duration> {
         self.inner.timeout
+    }
+
+    /// The request limits of the server that received the request (the defaults for a context
+    /// made with [`RequestContext::new`]).
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.inner.limits
     }
 
     /// Time left before the deadline (`Duration::ZERO` once passed); `None` without a deadline.
@@ -311,6 +329,11 @@ pub(crate) fn current_replica_models() -> Option<Arc<crate::multiplex::ModelIds>
 /// The model id of the current request (see [`RequestContext::multiplexed_model_id`]).
 pub(crate) fn current_model_id() -> Option<Arc<str>> {
     CURRENT.try_with(|ctx| ctx.model_id.clone()).ok().flatten()
+}
+
+/// The request limits of the current request (the defaults outside a request).
+pub(crate) fn current_limits() -> crate::limits::Limits {
+    CURRENT.try_with(|ctx| ctx.inner.limits).unwrap_or_default()
 }
 
 /// The context of the request being served on this task, if any.

@@ -137,7 +137,8 @@ impl Request {
 
     /// The whole body. Reads it on first call; later calls return the same bytes.
     ///
-    /// Errors with `400` if the client stops sending half-way.
+    /// Errors with `400` if the client stops sending half-way, `413` if the body is larger than
+    /// `max_request_body_bytes` (see [`crate::limits`]).
     pub async fn body(&mut self) -> Result<Bytes, Error> {
         if let Some(bytes) = &self.cached {
             return Ok(bytes.clone());
@@ -147,10 +148,14 @@ impl Request {
             .collect()
             .await
             .map_err(|e| {
-                Error::bad_request(
-                    StatusCode::BAD_REQUEST,
-                    format!("Failed to read request body: {e}"),
-                )
+                if crate::limits::is_length_limit(&e) {
+                    self.ctx.limits().body_too_large(None)
+                } else {
+                    Error::bad_request(
+                        StatusCode::BAD_REQUEST,
+                        format!("Failed to read request body: {e}"),
+                    )
+                }
             })?
             .to_bytes();
         self.cached = Some(bytes.clone());
@@ -169,11 +174,18 @@ impl Request {
     }
 
     /// The body parsed as JSON into `T` (use `serde_json::Value` for any JSON); `400` with the
-    /// parser's message (line and column) if it is not.
+    /// parser's message (line and column) if it is not, naming the limit for JSON nested more
+    /// than 128 levels deep.
     pub async fn json<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
         let bytes = self.body().await?;
         serde_json::from_slice(&bytes).map_err(|e| {
-            Error::bad_request(StatusCode::BAD_REQUEST, format!("Invalid JSON body: {e}"))
+            Error::bad_request(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "Invalid JSON body: {}",
+                    crate::limits::json_error_message(&e)
+                ),
+            )
         })
     }
 }

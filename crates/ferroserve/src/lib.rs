@@ -42,6 +42,7 @@
 //! | `@serve.multiplexed`, `serve.get_multiplexed_model_id()` | [`multiplex`] |
 //! | HTTP adapters (`json_to_ndarray`, `image_to_ndarray`, ...) | [`adapters`] |
 //! | status codes and messages | [`error`] |
+//! | request size and connection limits | [`limits`] |
 //! | serve config YAML | [`config`] |
 //! | `import_path` | [`registry`] |
 //! | `serve run/deploy/status/config/build/shutdown` | [`cli`] |
@@ -59,6 +60,7 @@ pub mod autoscaling;
 pub mod batch;
 pub mod cli;
 pub mod config;
+mod conn;
 pub mod context;
 mod controller;
 pub mod dag;
@@ -67,6 +69,7 @@ pub mod error;
 pub mod handle;
 pub mod health;
 pub mod ingress;
+pub mod limits;
 pub mod metrics;
 pub mod multiplex;
 #[cfg(feature = "onnx")]
@@ -87,6 +90,7 @@ pub use error::{BoxError, Error, Fault, HandlerError};
 pub use handle::{DeploymentHandle, Handles};
 pub use health::HealthCheck;
 pub use ingress::{Ingress, QueryParams, Request};
+pub use limits::Limits;
 pub use multiplex::Multiplexed;
 pub use serve::{init_logging, run, HttpOptions, Serve, Server};
 pub use stream::{HandlesStream, StreamingResponse};

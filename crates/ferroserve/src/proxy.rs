@@ -31,6 +31,7 @@ use crate::controller::Controller;
 use crate::error::Error;
 use crate::handle::uuid_v4;
 use crate::ingress::HttpEndpoint;
+use crate::limits::Limits;
 use crate::metrics::{self, ProxyMetrics, RouteId};
 
 /// One mounted application.
@@ -74,6 +75,8 @@ pub(crate) struct ProxyState {
     /// `http_options.root_path`: `""` or a path every route lives under.
     pub(crate) root_path: String,
     pub(crate) request_timeout: Option<Duration>,
+    /// `http_options`' request limits.
+    pub(crate) limits: Limits,
     pub(crate) draining: AtomicBool,
     pub(crate) host: String,
     /// Metric series, the metrics path and the access-log switch.
@@ -179,6 +182,27 @@ async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Respons
     response
 }
 
+/// The request with its body held to `max_request_body_bytes`, or its declared length when that
+/// is over the limit (to answer `413` without reading the body). A body of unknown length
+/// (chunked) is counted as it arrives: reading past the limit fails with
+/// [`http_body_util::LengthLimitError`], which every body reader answers with `413`.
+fn limit_body(limits: &Limits, req: http::Request<Incoming>) -> Result<http::Request<Body>, u64> {
+    use hyper::body::Body as _;
+    let max = limits.max_request_body_bytes;
+    let hint = req.body().size_hint();
+    if hint.lower() > max {
+        return Err(hint.lower());
+    }
+    Ok(match hint.upper() {
+        // hyper itself stops a body at its declared length.
+        Some(upper) if upper <= max => req.map(Body::new),
+        _ => {
+            let max = usize::try_from(max).unwrap_or(usize::MAX);
+            req.map(|body| Body::new(http_body_util::Limited::new(body, max)))
+        }
+    })
+}
+
 /// The work of a request to `route`: its endpoint under the request's context, cancelled when
 /// dropped, cut off at the request timeout.
 fn serve_route(
@@ -189,11 +213,17 @@ fn serve_route(
     req: http::Request<Incoming>,
 ) -> impl std::future::Future<Output = Response> + Send + 'static {
     let request_timeout = state.request_timeout.map(|t| (t, request_id.clone()));
-    let ctx = RequestContext::new(request_id.clone(), state.request_timeout)
+    let limits = state.limits;
+    let req = limit_body(&limits, req);
+    let ctx = RequestContext::with_limits(request_id.clone(), state.request_timeout, state.limits)
         .in_app(&route.mount)
         .with_model_id(model_id);
-    let work = route.endpoint.serve(req.map(Body::new), ctx.clone());
+    let work = req.map(|req| route.endpoint.serve(req, ctx.clone()));
     async move {
+        let work = match work {
+            Ok(work) => work,
+            Err(length) => return limits.body_too_large(Some(length)).into_response(),
+        };
         let work = CancelOnDrop::new(ctx, log_disconnect, work);
         match request_timeout {
             None => work.await,
@@ -255,11 +285,20 @@ fn log_disconnect(ctx: &RequestContext) {
 /// Connection settings.
 pub(crate) struct ConnOptions {
     pub(crate) keep_alive_timeout: Duration,
+    /// Header size and count, and the connection cap.
+    pub(crate) limits: Limits,
     pub(crate) graceful_shutdown_timeout: Duration,
 }
 
 /// Accepts connections until `shutdown` flips, then drains: refuses new connections, lets every
 /// in-flight request finish (up to the graceful timeout), closes idle connections.
+///
+/// Limits: at most `max_connections` connections are open at once (the loop stops accepting
+/// until one closes, so further clients wait in the kernel's listen queue); a connection that
+/// sends nothing within `keep_alive_timeout` is closed (hyper times later request heads
+/// itself); a request head over `max_header_bytes` or `max_headers` is answered `431` by hyper;
+/// a connection whose body was refused with `413` closes gently so the client reads the `413`
+/// (see [`crate::conn::ClientStream`]).
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<ProxyState>,
@@ -271,16 +310,24 @@ pub(crate) async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.keep_alive_timeout)
+        .max_buf_size(options.limits.max_header_bytes)
+        .max_headers(options.limits.max_headers)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(options.limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let head_timeout = options.keep_alive_timeout;
+    let connections = Arc::new(tokio::sync::Semaphore::new(options.limits.max_connections));
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
-            accepted = listener.accept() => accepted,
+            accepted = crate::conn::accept(&listener, &connections) => accepted,
         };
+        let (accepted, permit) = accepted;
         let (stream, _peer): (_, SocketAddr) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
@@ -292,15 +339,27 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let linger = Arc::new(AtomicBool::new(false));
+        let refused = linger.clone();
         let service = hyper::service::service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req).await) }
+            let refused = refused.clone();
+            async move {
+                let response = handle(state, req).await;
+                if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    // The body is (partly) unread: close gently (see `conn::ClientStream`).
+                    refused.store(true, Ordering::Relaxed);
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
+        let stream = crate::conn::ClientStream::new(stream, head_timeout, linger);
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = conn.await {
                 tracing::debug!("connection ended with error: {e}");
             }
@@ -359,6 +418,7 @@ mod tests {
             routes: ArcSwap::from_pointee(Vec::new()),
             root_path: String::new(),
             request_timeout: None,
+            limits: Limits::default(),
             draining: AtomicBool::new(false),
             host: "127.0.0.1:8000".into(),
             metrics: ProxyMetrics::new(None, false),

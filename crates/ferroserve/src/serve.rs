@@ -14,6 +14,7 @@ use crate::app::{validate_route_prefix, Application};
 use crate::config::ServeConfig;
 use crate::controller::Controller;
 use crate::error::Error;
+use crate::limits::Limits;
 use crate::proxy::{self, ConnOptions, ProxyState};
 use crate::registry::Registry;
 
@@ -32,8 +33,10 @@ pub struct HttpOptions {
     pub port: u16,
     /// End-to-end timeout per request (`request_timeout_s`); `None` (default) waits forever.
     pub request_timeout: Option<Duration>,
-    /// How long an idle HTTP/1.1 keep-alive connection (or a slow request head) may take before
-    /// the connection is closed. Default 5 s, as uvicorn's.
+    /// How long a connection may wait for its next request head: an idle HTTP/1.1 keep-alive
+    /// connection, a client that connects and sends nothing, and a slow (slowloris) request
+    /// head are all closed after it. Default 5 s, as uvicorn's. hyper times the request head
+    /// from the moment it starts waiting for it, so one timeout covers idle and slow clients.
     pub keep_alive_timeout: Duration,
     /// How long a drain waits for in-flight requests before closing connections. Default 20 s.
     pub graceful_shutdown_timeout: Duration,
@@ -45,6 +48,8 @@ pub struct HttpOptions {
     /// Whether each request ends with an access-log line (target `ferroserve::access`, level
     /// `INFO`). Default true (Ray's `logging_config.enable_access_log`).
     pub access_log: bool,
+    /// Request size and connection limits (see [`crate::limits`]).
+    pub limits: Limits,
 }
 
 impl Default for HttpOptions {
@@ -61,6 +66,7 @@ impl Default for HttpOptions {
             root_path: String::new(),
             metrics_path: Some(crate::metrics::DEFAULT_METRICS_PATH.to_owned()),
             access_log: true,
+            limits: Limits::default(),
         }
     }
 }
@@ -184,6 +190,21 @@ impl Serve {
         self
     }
 
+    /// Sets the request limits (body, headers, connections, WebSocket messages, images,
+    /// arrays; see [`crate::limits`]). A `max_header_bytes` below 8192 fails [`Serve::start`]
+    /// with [`Error::Config`], as does a `max_connections` or `max_headers` of 0.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.options.limits = limits;
+        self
+    }
+
+    /// Sets the largest request body accepted (`413` beyond it); a shorthand for
+    /// [`Serve::limits`].
+    pub fn max_request_body_bytes(mut self, bytes: u64) -> Self {
+        self.options.limits.max_request_body_bytes = bytes;
+        self
+    }
+
     /// Replaces all HTTP options.
     pub fn http_options(mut self, options: HttpOptions) -> Self {
         self.options = options;
@@ -238,6 +259,19 @@ impl Serve {
             crate::metrics::validate_metrics_path(path)
                 .map_err(|e| Error::Config(format!("metrics_path {e}")))?;
         }
+        let limits = options.limits;
+        if limits.max_header_bytes < crate::limits::MIN_HEADER_BYTES {
+            return Err(Error::Config(format!(
+                "max_header_bytes must be at least {}, got {}",
+                crate::limits::MIN_HEADER_BYTES,
+                limits.max_header_bytes
+            )));
+        }
+        if limits.max_connections == 0 || limits.max_headers == 0 {
+            return Err(Error::Config(
+                "max_connections and max_headers must be at least 1".into(),
+            ));
+        }
         let mut seen: Vec<(&str, &str)> = Vec::with_capacity(apps.len());
         for app in &apps {
             validate_route_prefix(&app.route_prefix)?;
@@ -265,6 +299,7 @@ impl Serve {
             routes: ArcSwap::from_pointee(Vec::new()),
             root_path: options.root_path.clone(),
             request_timeout: options.request_timeout,
+            limits,
             draining: AtomicBool::new(false),
             host: local_addr.to_string(),
             metrics: crate::metrics::ProxyMetrics::new(
@@ -322,6 +357,7 @@ impl Serve {
             state,
             ConnOptions {
                 keep_alive_timeout: options.keep_alive_timeout,
+                limits,
                 graceful_shutdown_timeout: options.graceful_shutdown_timeout,
             },
             stop_rx,

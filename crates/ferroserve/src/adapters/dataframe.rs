@@ -267,10 +267,7 @@ impl<S: Send + Sync> FromRequest<S> for PandasReadJson {
         let (orient, lines) = options(req.uri().query().unwrap_or(""))?;
         let body = axum::body::Bytes::from_request(req, state)
             .await
-            .map_err(|e| DetailError {
-                status: e.status(),
-                detail: e.body_text(),
-            })?;
+            .map_err(DetailError::from_body)?;
         let df = frame(&table(&body, orient, lines)?)
             .map_err(|e| body_error(format!("cannot build the data frame: {e}")))?;
         Ok(PandasReadJson(df))

@@ -7,8 +7,9 @@ use ndarray::Array3;
 use crate::api::{DetailError, Rejection, ValidationError};
 use http::StatusCode;
 
-/// Limits for decoding uploaded images; insert as a request extension (e.g. with axum's
-/// `Extension` layer) to change them.
+/// Limits for decoding uploaded images. The server's `max_image_pixels` (see
+/// [`crate::limits`]) applies by default; insert one as a request extension (e.g. with axum's
+/// `Extension` layer) to change it for some routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ImageLimits {
     /// Largest `width × height` accepted, checked from the image header before any pixel is

@@ -111,7 +111,9 @@ impl<S: Send + Sync> FromRequest<S> for ImageToNdarray {
             .extensions()
             .get::<ImageLimits>()
             .copied()
-            .unwrap_or_default();
+            .unwrap_or_else(|| ImageLimits {
+                max_pixels: crate::limits::Limits::current().max_image_pixels,
+            });
         let mut form = Multipart::from_request(req, state)
             .await
             .map_err(|e| DetailError {
@@ -126,11 +128,8 @@ impl<S: Send + Sync> FromRequest<S> for ImageToNdarray {
                 ),
             })?;
         let broken = |e: axum::extract::multipart::MultipartError| -> Rejection {
-            DetailError {
-                status: e.status(),
-                detail: format!("broken multipart body: {}", e.body_text()),
-            }
-            .into()
+            let text = format!("broken multipart body: {}", e.body_text());
+            DetailError::body_status(e.status(), text).into()
         };
         while let Some(field) = form.next_field().await.map_err(broken)? {
             if field.name() == Some("img") {

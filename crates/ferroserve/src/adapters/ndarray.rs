@@ -188,17 +188,67 @@ fn canonical_dtype(name: &str) -> Option<&'static str> {
     })
 }
 
-/// The flattened values and the shape of a nested list; errors say where it is ragged.
-fn flatten(array: &Value) -> Result<(Vec<&Value>, Vec<usize>), String> {
+/// Why [`flatten`] failed.
+enum Flatten {
+    /// Ragged or not numbers: the message says where.
+    Invalid(String),
+    /// More than `max_array_elements`.
+    TooLarge(ValidationError),
+}
+
+/// The dimensions of `shape` as `usize` and their product; a `422` naming the shape if the
+/// product overflows or is above `max` elements. `field` is where the shape came from.
+fn checked_product<T: Copy + Into<u64> + std::fmt::Debug>(
+    shape: &[T],
+    max: u64,
+    field: &str,
+) -> Result<(Vec<usize>, usize), ValidationError> {
+    let shape_json = || serde_json::to_value(shape.iter().map(|&d| d.into()).collect::<Vec<u64>>());
+    let mut dims = Vec::with_capacity(shape.len());
+    let mut product: usize = 1;
+    for &d in shape {
+        let d = usize::try_from(d.into()).ok();
+        product = match d.and_then(|d| product.checked_mul(d)) {
+            Some(p) => p,
+            None => {
+                return Err(invalid(
+                    field,
+                    "value_error",
+                    format!("shape {shape:?} is too large: its product overflows"),
+                    shape_json().unwrap_or(Value::Null),
+                ))
+            }
+        };
+        dims.push(d.unwrap_or_default());
+    }
+    if product as u64 > max {
+        return Err(invalid(
+            field,
+            "value_error",
+            format!(
+                "shape {shape:?} has {product} elements, more than the limit of {max} (max_array_elements)"
+            ),
+            shape_json().unwrap_or(Value::Null),
+        ));
+    }
+    Ok((dims, product))
+}
+
+/// The flattened values and the shape of a nested list; errors say where it is ragged, or that
+/// the shape (read from the first element at each depth) holds more than `max` elements.
+fn flatten(array: &Value, max: u64) -> Result<(Vec<&Value>, Vec<usize>), Flatten> {
     let mut shape = Vec::new();
     let mut probe = array;
     while let Value::Array(items) = probe {
-        shape.push(items.len());
+        shape.push(items.len() as u64);
         match items.first() {
             Some(first) => probe = first,
             None => break,
         }
     }
+    let shape = checked_product(&shape, max, "array")
+        .map_err(Flatten::TooLarge)?
+        .0;
     let mut leaves = Vec::new();
     // Indices of the current position; formatted only to report an error.
     fn at(path: &[usize]) -> String {
@@ -253,7 +303,8 @@ fn flatten(array: &Value) -> Result<(Vec<&Value>, Vec<usize>), String> {
         &shape,
         &mut Vec::with_capacity(shape.len()),
         &mut leaves,
-    )?;
+    )
+    .map_err(Flatten::Invalid)?;
     Ok((leaves, shape))
 }
 
@@ -295,30 +346,23 @@ fn build<T: Element>(leaves: &[&Value], shape: Vec<usize>) -> Result<ArrayD<T>, 
 
 impl NdArray {
     /// The array's flat values and final shape (after `shape`), validated.
+    ///
+    /// An array of more than `max_array_elements` (see [`crate::limits`]) is refused, its
+    /// declared shape before the values are read.
     fn layout(&self) -> Result<(Vec<&Value>, Vec<usize>), ValidationError> {
-        let (leaves, inferred) = flatten(&self.array)
-            .map_err(|msg| invalid("array", "value_error", msg, Value::Null))?;
-        let Some(shape) = &self.shape else {
+        let max = crate::limits::Limits::current().max_array_elements;
+        let declared = match &self.shape {
+            Some(shape) => Some((shape, checked_product(shape, max, "shape")?)),
+            None => None,
+        };
+        let (leaves, inferred) = flatten(&self.array, max).map_err(|e| match e {
+            Flatten::Invalid(msg) => invalid("array", "value_error", msg, Value::Null),
+            Flatten::TooLarge(e) => e,
+        })?;
+        let Some((shape, (dims, product))) = declared else {
             return Ok((leaves, inferred));
         };
         let shape_json = serde_json::to_value(shape).unwrap_or(Value::Null);
-        let mut dims = Vec::with_capacity(shape.len());
-        let mut product: usize = 1;
-        for &d in shape {
-            let d = usize::try_from(d).ok();
-            product = match d.and_then(|d| product.checked_mul(d)) {
-                Some(p) => p,
-                None => {
-                    return Err(invalid(
-                        "shape",
-                        "value_error",
-                        format!("shape {shape:?} is too large: its product overflows"),
-                        shape_json,
-                    ))
-                }
-            };
-            dims.push(d.unwrap_or_default());
-        }
         if product != leaves.len() {
             return Err(invalid(
                 "shape",

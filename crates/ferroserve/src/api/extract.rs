@@ -74,7 +74,10 @@ fn json_invalid(e: &serde_json::Error) -> ValidationError {
     ValidationError::one(
         "json_invalid",
         vec!["body".into(), Value::from(e.column())],
-        format!("JSON decode error: {e}"),
+        format!(
+            "JSON decode error: {}",
+            crate::limits::json_error_message(e)
+        ),
         Value::Object(Default::default()),
     )
 }
@@ -137,10 +140,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
         }
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(|e| DetailError {
-                status: e.status(),
-                detail: e.body_text(),
-            })?;
+            .map_err(DetailError::from_body)?;
         Ok(Json(parse_json_body(&bytes)?))
     }
 }

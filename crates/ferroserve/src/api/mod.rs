@@ -16,6 +16,10 @@
 //! | `/docs`, `/openapi.json` | `{route_prefix}/docs`, `{route_prefix}/openapi.json` (assets built in) |
 //! | `root_path` | [`RootPath`] |
 //!
+//! Request bodies are limited once, by the server's `max_request_body_bytes` (see
+//! [`crate::limits`]), in place of axum's own 2 MiB default; a router that sets its own
+//! `DefaultBodyLimit` keeps it (within the server's limit).
+//!
 //! Unknown paths under the prefix answer `404 {"detail":"Not Found"}`, a known path with another
 //! method `405 {"detail":"Method Not Allowed"}` with `Allow`.
 
@@ -27,6 +31,7 @@ use std::sync::Arc;
 
 use aide::openapi::{Info, OpenApi, Server};
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{BoxFuture, FutureExt};
 use http::{header, HeaderValue, Method, StatusCode, Uri};
@@ -121,6 +126,10 @@ impl ServeRouter for DocumentedRouter {
 /// One replica's HTTP app.
 pub(crate) struct HttpApp {
     router: axum::Router,
+    /// `router` without axum's 2 MiB default body limit, for bodies that may be larger (the
+    /// server's own limit applies to them already). Kept apart so that requests whose body is
+    /// known to be small skip the extension axum's switch inserts (an allocation).
+    unlimited: axum::Router,
     openapi: Option<Arc<OpenApi>>,
 }
 
@@ -195,6 +204,7 @@ pub(crate) fn build_api<T: ApiIngress>(instance: &Arc<T>) -> HttpApp {
         .with_state(instance.clone());
     name_path_params(&mut api);
     HttpApp {
+        unlimited: router.clone().layer(DefaultBodyLimit::disable()),
         router,
         openapi: Some(Arc::new(api)),
     }
@@ -203,6 +213,7 @@ pub(crate) fn build_api<T: ApiIngress>(instance: &Arc<T>) -> HttpApp {
 pub(crate) fn build_router<T: ServeRouter>(instance: &Arc<T>) -> HttpApp {
     let (router, openapi) = instance.router();
     HttpApp {
+        unlimited: router.clone().layer(DefaultBodyLimit::disable()),
         router,
         openapi: openapi.map(Arc::new),
     }
@@ -236,9 +247,11 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
                 request.extensions_mut().insert(pin.clone());
             }
             let app_ctx = ctx.clone();
+            let large = may_exceed_axum_default(request.body());
             let outcome = run_keeping_slot(&router, ctx.clone(), move |replica: &Replica<T>| {
                 let app = replica.http.get_or_init(|| build(&replica.instance));
-                let (axum_router, openapi) = (app.router.clone(), app.openapi.clone());
+                let axum_router = if large { &app.unlimited } else { &app.router };
+                let (axum_router, openapi) = (axum_router.clone(), app.openapi.clone());
                 serve_app(axum_router, openapi, title, request, app_ctx)
             })
             .await;
@@ -255,6 +268,18 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
         }
         .boxed()
     }
+}
+
+/// axum's extractors cap bodies at 2 MiB unless told otherwise.
+const AXUM_DEFAULT_BODY_LIMIT: u64 = 2 << 20;
+
+/// Whether `body` may be larger than axum's default limit (chunked, or declared larger): such
+/// requests go to the router without it, since the proxy enforces the server's limit.
+fn may_exceed_axum_default(body: &Body) -> bool {
+    use hyper::body::Body as _;
+    body.size_hint()
+        .upper()
+        .is_none_or(|upper| upper > AXUM_DEFAULT_BODY_LIMIT)
 }
 
 async fn serve_app(

@@ -78,6 +78,30 @@ pub struct DetailError {
     pub detail: String,
 }
 
+impl DetailError {
+    /// The rejection of a body that could not be read: `413` naming the limit for a body over
+    /// `max_request_body_bytes`, else axum's status and text.
+    pub(crate) fn from_body(e: axum::extract::rejection::BytesRejection) -> Self {
+        Self::body_status(e.status(), e.body_text())
+    }
+
+    /// As [`DetailError::from_body`], from a rejection's status and text.
+    pub(crate) fn body_status(status: StatusCode, text: String) -> Self {
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            let limit = crate::limits::Limits::current().body_too_large(None);
+            DetailError {
+                status,
+                detail: limit.to_string(),
+            }
+        } else {
+            DetailError {
+                status,
+                detail: text,
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for DetailError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.status, self.detail)

@@ -17,7 +17,9 @@ use crate::stream::PinnedSlot;
 
 pub use axum::extract::ws::{CloseFrame, Message};
 
-/// The default maximum size of one incoming message (and frame): 16 MiB.
+/// The default maximum size of one incoming message (and frame): 16 MiB. The server's
+/// `max_websocket_message_bytes` (see [`crate::limits`]) applies; change it per route with
+/// [`WebSocketUpgrade::max_message_size`].
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 << 20;
 
 /// Extracts a WebSocket upgrade request; [`WebSocketUpgrade::on_upgrade`] answers `101` and runs
@@ -38,10 +40,11 @@ impl<S: Send + Sync> FromRequestParts<S> for WebSocketUpgrade {
     type Rejection = axum::extract::ws::rejection::WebSocketUpgradeRejection;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let max = crate::limits::Limits::current().max_websocket_message_bytes;
         let inner = axum::extract::ws::WebSocketUpgrade::from_request_parts(parts, state)
             .await?
-            .max_message_size(DEFAULT_MAX_MESSAGE_SIZE)
-            .max_frame_size(DEFAULT_MAX_MESSAGE_SIZE);
+            .max_message_size(max)
+            .max_frame_size(max);
         Ok(WebSocketUpgrade {
             inner,
             pin: parts.extensions.get::<PinnedSlot>().cloned(),
@@ -89,7 +92,9 @@ impl aide::OperationInput for WebSocketUpgrade {
 /// An upgraded WebSocket connection.
 ///
 /// Pings are answered automatically. When the client sends a message over the size limit,
-/// [`WebSocket::recv`] closes the connection with code 1009 and returns the error.
+/// [`WebSocket::recv`] closes the connection with code 1009 and returns the error; on a
+/// protocol violation (unmasked frame, reserved opcode) with 1002, on text that is not UTF-8
+/// with 1007.
 #[derive(Debug)]
 pub struct WebSocket {
     inner: axum::extract::ws::WebSocket,
@@ -101,10 +106,10 @@ impl WebSocket {
     pub async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
         let received = self.inner.recv().await;
         if let Some(Err(e)) = &received {
-            if is_too_big(e) {
+            if let Some((code, reason)) = close_for(e) {
                 let close = Message::Close(Some(CloseFrame {
-                    code: 1009,
-                    reason: "message too big".into(),
+                    code,
+                    reason: reason.into(),
                 }));
                 let _ = self.inner.send(close).await;
             }
@@ -123,13 +128,21 @@ impl WebSocket {
     }
 }
 
-fn is_too_big(error: &axum::Error) -> bool {
+/// The close frame a receive error calls for: `1009` for a message over the size limit, `1002`
+/// for a protocol violation (an unmasked client frame, a reserved opcode or bit, a bad close
+/// frame). `None` for I/O errors: the peer is gone.
+fn close_for(error: &axum::Error) -> Option<(u16, String)> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = e.downcast_ref::<tungstenite::Error>() {
-            return true;
+        match e.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(_)) => return Some((1009, "message too big".into())),
+            Some(tungstenite::Error::Protocol(p)) => {
+                return Some((1002, format!("protocol error: {p}")))
+            }
+            Some(tungstenite::Error::Utf8(_)) => return Some((1007, "invalid UTF-8 text".into())),
+            _ => {}
         }
         source = e.source();
     }
-    false
+    None
 }

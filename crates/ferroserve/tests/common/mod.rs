@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use ferroserve::{Serve, Server};
 
+pub mod raw;
+
 /// Starts `serve` on 127.0.0.1 with an ephemeral port.
 pub async fn start(serve: Serve) -> (Server, String) {
     let server = serve

@@ -1,0 +1,172 @@
+//! Client connections: the accept loop's connection cap, and the stream wrapper that closes
+//! silent connections and lingers after a refused body (see [`ClientStream`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pin_project_lite::pin_project! {
+    /// A client connection, with two defences hyper lacks.
+    ///
+    /// First bytes in time: hyper times an HTTP/1.1 request head only once it knows the
+    /// connection speaks HTTP/1.1, and learns that from the first bytes, so a client that
+    /// connects and sends nothing (or part of the HTTP/2 preface) would hold its connection
+    /// forever. Reads fail with `TimedOut` until the bytes read tell HTTP/1.1 from HTTP/2 (they
+    /// differ from the preface, or the whole preface arrived).
+    ///
+    /// Lingering close: when a response refused a body the client is still sending (`413`),
+    /// closing at once would reset the connection under the client's writes, and most clients
+    /// then report the reset instead of the `413`. So, as nginx does, the close sends FIN and
+    /// reads and discards what the client still sends until it closes too, for at most the
+    /// keep-alive timeout.
+    pub(crate) struct ClientStream {
+        #[pin]
+        stream: tokio::net::TcpStream,
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+        // Bytes of the HTTP/2 preface matched so far.
+        matched: usize,
+        // Set by the service when a response left the request body unread.
+        linger: Arc<AtomicBool>,
+        timeout: Duration,
+        // Once the write side is shut: discarding the client's bytes until this passes.
+        lingering: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl ClientStream {
+    pub(crate) fn new(
+        stream: tokio::net::TcpStream,
+        timeout: Duration,
+        linger: Arc<AtomicBool>,
+    ) -> Self {
+        ClientStream {
+            stream,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            matched: 0,
+            linger,
+            timeout,
+            lingering: None,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let read = this.stream.poll_read(cx, buf);
+        let Some(deadline) = this.deadline else {
+            return read;
+        };
+        match read {
+            Poll::Ready(Ok(())) => {
+                for &b in &buf.filled()[before..] {
+                    if H2_PREFACE.get(*this.matched) != Some(&b) {
+                        *this.deadline = None;
+                        break;
+                    }
+                    *this.matched += 1;
+                }
+                if *this.matched == H2_PREFACE.len() {
+                    *this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client sent no request in time",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+            error => error,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().stream.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().stream.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let mut this = self.project();
+        if this.lingering.is_none() {
+            std::task::ready!(this.stream.as_mut().poll_shutdown(cx))?;
+            if !this.linger.load(Ordering::Relaxed) {
+                return Poll::Ready(Ok(()));
+            }
+            *this.lingering = Some(Box::pin(tokio::time::sleep(*this.timeout)));
+        }
+        let Some(until) = this.lingering.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 8192];
+        loop {
+            if until.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match tokio::io::AsyncRead::poll_read(this.stream.as_mut(), cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // The client closed (or reset): done.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// The next connection once fewer than `max_connections` are open, with the slot it holds.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    connections: &Arc<tokio::sync::Semaphore>,
+) -> (
+    std::io::Result<(tokio::net::TcpStream, SocketAddr)>,
+    tokio::sync::OwnedSemaphorePermit,
+) {
+    let permit = match connections.clone().acquire_owned().await {
+        Ok(permit) => permit,
+        // The semaphore is never closed; should it be, stop accepting.
+        Err(_) => std::future::pending().await,
+    };
+    (listener.accept().await, permit)
+}
