@@ -17,6 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use http::{HeaderValue, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -142,6 +143,7 @@ fn request_id(req: &http::Request<Incoming>) -> Arc<str> {
 /// (`499` when dropped unfinished) and logged on the access log.
 async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Response {
     let request_id = request_id(&req);
+    let http1 = req.version() < http::Version::HTTP_2;
     let model_id = crate::multiplex::header_model_id(req.headers());
     let path = req.uri().path();
     let mut response = if state.metrics.path() == Some(path) {
@@ -175,6 +177,16 @@ async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Respons
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
+    }
+    if http1
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        && state.draining.load(Ordering::SeqCst)
+    {
+        // Tell the client not to reuse the connection: hyper closes it after this response
+        // but would not say so, and a client reusing it would send into a closed socket.
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
@@ -258,8 +270,17 @@ pub(crate) struct ConnOptions {
     pub(crate) graceful_shutdown_timeout: Duration,
 }
 
-/// Accepts connections until `shutdown` flips, then drains: refuses new connections, lets every
-/// in-flight request finish (up to the graceful timeout), closes idle connections.
+/// How long a drain lets open connections end on their own (each busy HTTP/1 connection closes
+/// after its next response, which says `Connection: close`) before closing the idle ones. A
+/// client between two requests on a keep-alive connection would otherwise race the close: its
+/// next request would meet a closed socket, unanswered.
+const DRAIN_GRACE: Duration = Duration::from_millis(200);
+
+/// Accepts connections until `shutdown` flips, then drains: marks the proxy draining (so that
+/// `/-/healthz` fails and HTTP/1 responses say `Connection: close`), takes in the connections
+/// the kernel already completed, closes the listener (new connections are refused), lets the
+/// open connections end on their own for up to [`DRAIN_GRACE`], then closes idle connections
+/// and lets every in-flight request finish, up to the graceful timeout in all.
 pub(crate) async fn serve(
     listener: TcpListener,
     state: Arc<ProxyState>,
@@ -275,21 +296,7 @@ pub(crate) async fn serve(
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, _peer): (_, SocketAddr) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Out of file descriptors and the like: back off briefly rather than spin.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
+    let serve_connection = |stream: tokio::net::TcpStream| {
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let service = hyper::service::service_fn(move |req| {
@@ -305,13 +312,39 @@ pub(crate) async fn serve(
                 tracing::debug!("connection ended with error: {e}");
             }
         });
+    };
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _peer): (_, SocketAddr) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly rather than spin.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        serve_connection(stream);
     }
+    let started = tokio::time::Instant::now();
     state.draining.store(true, Ordering::SeqCst);
+    // Connections in the accept queue would be reset when the listener closes: serve them.
+    while let Some(Ok((stream, _))) = listener.accept().now_or_never() {
+        serve_connection(stream);
+    }
     drop(listener);
     tracing::info!("draining: waiting for in-flight requests");
+    let grace = started + DRAIN_GRACE.min(options.graceful_shutdown_timeout);
+    while graceful.count() > 0 && tokio::time::Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(options.graceful_shutdown_timeout) => {
+        _ = tokio::time::sleep_until(started + options.graceful_shutdown_timeout) => {
             tracing::warn!(
                 "graceful shutdown timed out after {:?}; closing remaining connections",
                 options.graceful_shutdown_timeout
