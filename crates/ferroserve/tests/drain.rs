@@ -49,9 +49,10 @@ struct Tally {
 const LOAD_CONNECTIONS: usize = 64;
 const SLOW: usize = 4;
 
-/// One closed-loop client on its own keep-alive connection: sends `GET /` until a request
-/// fails. Returns the errors it saw that were not a clean refusal.
-async fn load(base: String, tally: Arc<Tally>) -> Vec<String> {
+/// One closed-loop client on its own keep-alive connection: sends `GET url`, expecting
+/// `expected` back, until a request fails. Returns the errors it saw that were not a clean
+/// refusal.
+async fn load(url: String, expected: &'static str, tally: Arc<Tally>) -> Vec<String> {
     let c = reqwest::Client::builder()
         .http1_only()
         .pool_max_idle_per_host(1)
@@ -60,9 +61,9 @@ async fn load(base: String, tally: Arc<Tally>) -> Vec<String> {
     let mut broken = Vec::new();
     loop {
         tally.sent.fetch_add(1, Ordering::SeqCst);
-        match c.get(format!("{base}/")).send().await {
+        match c.get(&url).send().await {
             Ok(r) if r.status() == 200 => match r.text().await {
-                Ok(body) if body == "ok" => {
+                Ok(body) if body == expected => {
                     tally.completed.fetch_add(1, Ordering::SeqCst);
                 }
                 other => {
@@ -122,7 +123,7 @@ async fn a_drain_under_steady_load_answers_every_request_it_took_in() {
 
     let tally = Arc::new(Tally::default());
     let clients: Vec<_> = (0..LOAD_CONNECTIONS)
-        .map(|_| tokio::spawn(load(base.clone(), tally.clone())))
+        .map(|_| tokio::spawn(load(format!("{base}/"), "ok", tally.clone())))
         .collect();
     let slow_client = common::client();
     let slow: Vec<_> = (0..SLOW)
@@ -215,5 +216,48 @@ async fn a_drain_under_steady_load_answers_every_request_it_took_in() {
         count(&tally.refused),
         LOAD_CONNECTIONS,
         "each client ends refused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_steady_load_breaks_no_request_and_exits_0() {
+    let server = common::Example::start("counter");
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..LOAD_CONNECTIONS)
+        .map(|_| {
+            let url = format!("{}/?load=1", server.base);
+            tokio::spawn(load(url, r#"{"load":"1"}"#, tally.clone()))
+        })
+        .collect();
+    eventually("the load is steady", || {
+        tally.completed.load(Ordering::SeqCst) >= 2_000
+    })
+    .await;
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status}");
+    let mut broken = Vec::new();
+    for c in clients {
+        broken.extend(c.await.unwrap());
+    }
+    let count = |n: &AtomicUsize| n.load(Ordering::SeqCst);
+    eprintln!(
+        "SIGTERM under load: sent {}, completed {}, refused at connect {}, 503 {}, broken {}",
+        count(&tally.sent),
+        count(&tally.completed),
+        count(&tally.refused),
+        count(&tally.unavailable),
+        count(&tally.broken),
+    );
+    assert!(broken.is_empty(), "requests failed mid-flight: {broken:#?}");
+    assert_eq!(
+        count(&tally.refused),
+        LOAD_CONNECTIONS,
+        "each client ends refused"
+    );
+    assert_eq!(
+        count(&tally.sent),
+        count(&tally.completed) + LOAD_CONNECTIONS
     );
 }
