@@ -149,18 +149,27 @@ async fn mix_worker(
                 }
             }
         };
-        let mut t = tally.borrow_mut();
-        match outcome {
-            Ok(0) => t.json += 1,
-            Ok(1) => t.stream += 1,
-            Ok(2) => t.cancelled += 1,
-            Ok(_) => t.ws += 1,
-            Err(e) => {
-                t.error(e);
-                drop(t);
-                // Start again on fresh connections.
-                http = connect(&addr).await?;
+        let failed = {
+            let mut t = tally.borrow_mut();
+            match outcome {
+                Ok(kind) => {
+                    match kind {
+                        0 => t.json += 1,
+                        1 => t.stream += 1,
+                        2 => t.cancelled += 1,
+                        _ => t.ws += 1,
+                    }
+                    false
+                }
+                Err(e) => {
+                    t.error(e);
+                    true
+                }
             }
+        };
+        if failed {
+            // Start again on a fresh connection.
+            http = connect(&addr).await?;
         }
     }
     let _ = ws.close(None).await;
