@@ -8,10 +8,12 @@
 #
 # Usage, from the repository root:  bash bench/run.sh
 # Knobs: BENCH_ONLY (observability: only the metrics/access-log cost section; metrics: only its metrics row;
-#        or a comma-separated list of dag, h2, soak, iris), BENCH_ROUNDS (5), BENCH_DURATION (5), BENCH_WARMUP (1), BENCH_CONNECTIONS (16),
+#        or a comma-separated list of dag, h2, soak, iris, and soak_mix, overload, which only run
+#        when named), BENCH_ROUNDS (5), BENCH_DURATION (5), BENCH_WARMUP (1), BENCH_CONNECTIONS (16),
 #        BENCH_JSON_CONNECTIONS (4), BENCH_TTFB_REQUESTS (1000), BENCH_CANCELS (1000),
 #        BENCH_STARTUP_RUNS (5), BENCH_H2_CONNECTIONS (4), BENCH_H2_STREAMS (16),
-#        BENCH_SOAK_REQUESTS (1000000; 0 skips), BENCH_MAX_OTHER (0.1), BENCH_QUIET_BUDGET (300),
+#        BENCH_SOAK_REQUESTS (1000000; 0 skips), BENCH_SOAK_MIX_REQUESTS (1000000),
+#        BENCH_OVERLOAD_CONNECTIONS (2000), BENCH_MAX_OTHER (0.1), BENCH_QUIET_BUDGET (300),
 #        CARGO_TARGET_DIR (~/.cache/ferroserve-target).
 set -euo pipefail
 
@@ -28,7 +30,7 @@ cargo build --release -p ferroserve-bench \
     --bin ferroserve-bench --bin bare_axum --bin fs_counter --bin fs_handle_hop \
     --bin fs_fastapi_hello --bin fs_streaming --bin fs_websocket_echo --bin fs_json_to_ndarray \
     --bin fs_dag_fanout --bin ws_echo_client --bin h2_load --bin stream_ttfb \
-    --bin cancel_latency >&2
+    --bin cancel_latency --bin fs_mixed --bin soak_mix >&2
 # fs_iris alone with ferroserve's onnx feature (tract), so that the other servers do not link it.
 cargo build --release -p ferroserve-bench --features iris --bin fs_iris >&2
 

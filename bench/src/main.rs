@@ -15,7 +15,8 @@
 //! stderr. Knobs (environment): `BENCH_ROUNDS` (5, at least 2), `BENCH_DURATION` (5 s),
 //! `BENCH_ONLY` (`observability`: only the metrics/access-log/log-level cost section, printed
 //! and not written to RESULTS.md; `metrics`: only its metrics row; a comma-separated list of
-//! `dag`, `h2`, `soak`, `iris`: only those, printed only), `BENCH_H2_CONNECTIONS` (4),
+//! `dag`, `h2`, `soak`, `iris`, and the opt-in `soak_mix`, `overload` of [`reliability`]: only
+//! those, printed only), `BENCH_H2_CONNECTIONS` (4),
 //! `BENCH_H2_STREAMS` (16), `BENCH_SOAK_REQUESTS` (1000000, 0 skips the soak), `BENCH_WARMUP` (1 s), `BENCH_CONNECTIONS` (16), `BENCH_JSON_CONNECTIONS` (4),
 //! `BENCH_TTFB_REQUESTS` (1000), `BENCH_CANCELS` (1000), `BENCH_STARTUP_RUNS` (5),
 //! `BENCH_MAX_OTHER` (0.1 cores), `BENCH_QUIET_BUDGET` (300 s), `BENCH_PIDFILE` (where the live
@@ -28,6 +29,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+mod reliability;
 
 type Result<T, E = String> = std::result::Result<T, E>;
 
@@ -2103,7 +2106,10 @@ fn main() {
         return;
     }
     if let Some(names) = bench_only() {
-        if names.iter().all(|n| EXTRA_NAMES.contains(&n.as_str())) {
+        let known = |n: &String| {
+            EXTRA_NAMES.contains(&n.as_str()) || reliability::NAMES.contains(&n.as_str())
+        };
+        if names.iter().all(known) {
             let report = write_lua(&cfg, "get.lua", "").and_then(|get_lua| {
                 let post_lua = write_lua(
                     &cfg,
@@ -2117,6 +2123,12 @@ fn main() {
                 let mut report = format!("{}{}", machine_header(&cfg), extras.sections);
                 if !mem_rows.is_empty() {
                     report.push_str(&memory_table(&mem_rows, &extras.soak_note));
+                }
+                if names.iter().any(|n| n == "soak_mix") {
+                    report.push_str(&reliability::soak_mix(&cfg)?);
+                }
+                if names.iter().any(|n| n == "overload") {
+                    report.push_str(&reliability::overload(&cfg)?);
                 }
                 Ok(report)
             });

@@ -17,6 +17,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
 use http::{HeaderValue, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -145,6 +146,7 @@ fn request_id(req: &http::Request<Incoming>) -> Arc<str> {
 /// (`499` when dropped unfinished) and logged on the access log.
 async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Response {
     let request_id = request_id(&req);
+    let http1 = req.version() < http::Version::HTTP_2;
     let model_id = crate::multiplex::header_model_id(req.headers());
     let path = req.uri().path();
     let mut response = if state.metrics.path() == Some(path) {
@@ -178,6 +180,16 @@ async fn handle(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Respons
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
+    }
+    if http1
+        && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        && state.draining.load(Ordering::SeqCst)
+    {
+        // Tell the client not to reuse the connection: hyper closes it after this response
+        // but would not say so, and a client reusing it would send into a closed socket.
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
@@ -290,8 +302,17 @@ pub(crate) struct ConnOptions {
     pub(crate) graceful_shutdown_timeout: Duration,
 }
 
-/// Accepts connections until `shutdown` flips, then drains: refuses new connections, lets every
-/// in-flight request finish (up to the graceful timeout), closes idle connections.
+/// How long a drain lets open connections end on their own (each busy HTTP/1 connection closes
+/// after its next response, which says `Connection: close`) before closing the idle ones. A
+/// client between two requests on a keep-alive connection would otherwise race the close: its
+/// next request would meet a closed socket, unanswered.
+const DRAIN_GRACE: Duration = Duration::from_millis(200);
+
+/// Accepts connections until `shutdown` flips, then drains: marks the proxy draining (so that
+/// `/-/healthz` fails and HTTP/1 responses say `Connection: close`), takes in the connections
+/// the kernel already completed, closes the listener (new connections are refused), lets the
+/// open connections end on their own for up to [`DRAIN_GRACE`], then closes idle connections
+/// and lets every in-flight request finish, up to the graceful timeout in all.
 ///
 /// Limits: at most `max_connections` connections are open at once (the loop stops accepting
 /// until one closes, so further clients wait in the kernel's listen queue); a connection that
@@ -321,6 +342,36 @@ pub(crate) async fn serve(
     let graceful = GracefulShutdown::new();
     let head_timeout = options.keep_alive_timeout;
     let connections = Arc::new(tokio::sync::Semaphore::new(options.limits.max_connections));
+    let serve_connection =
+        |stream: tokio::net::TcpStream, permit: tokio::sync::OwnedSemaphorePermit| {
+            let _ = stream.set_nodelay(true);
+            let state = state.clone();
+            let linger = Arc::new(AtomicBool::new(false));
+            let refused = linger.clone();
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                let refused = refused.clone();
+                async move {
+                    let response = handle(state, req).await;
+                    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                        // The body is (partly) unread: close gently (see `conn::ClientStream`).
+                        refused.store(true, Ordering::Relaxed);
+                    }
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            let stream = crate::conn::ClientStream::new(stream, head_timeout, linger);
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = conn.await {
+                    tracing::debug!("connection ended with error: {e}");
+                }
+            });
+        };
     loop {
         let accepted = tokio::select! {
             biased;
@@ -337,40 +388,27 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let linger = Arc::new(AtomicBool::new(false));
-        let refused = linger.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let state = state.clone();
-            let refused = refused.clone();
-            async move {
-                let response = handle(state, req).await;
-                if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    // The body is (partly) unread: close gently (see `conn::ClientStream`).
-                    refused.store(true, Ordering::Relaxed);
-                }
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let stream = crate::conn::ClientStream::new(stream, head_timeout, linger);
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = conn.await {
-                tracing::debug!("connection ended with error: {e}");
-            }
-        });
+        serve_connection(stream, permit);
     }
+    let started = tokio::time::Instant::now();
     state.draining.store(true, Ordering::SeqCst);
+    // Connections in the accept queue would be reset when the listener closes: serve them, as
+    // far as the connection cap allows (beyond it they are refused like any new connection).
+    while let Ok(permit) = connections.clone().try_acquire_owned() {
+        match listener.accept().now_or_never() {
+            Some(Ok((stream, _))) => serve_connection(stream, permit),
+            _ => break,
+        }
+    }
     drop(listener);
     tracing::info!("draining: waiting for in-flight requests");
+    let grace = started + DRAIN_GRACE.min(options.graceful_shutdown_timeout);
+    while graceful.count() > 0 && tokio::time::Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(options.graceful_shutdown_timeout) => {
+        _ = tokio::time::sleep_until(started + options.graceful_shutdown_timeout) => {
             tracing::warn!(
                 "graceful shutdown timed out after {:?}; closing remaining connections",
                 options.graceful_shutdown_timeout
