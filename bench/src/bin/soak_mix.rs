@@ -42,6 +42,24 @@ async fn connect(addr: &str) -> Result<Sender, String> {
     Ok(sender)
 }
 
+/// The kinds of operation to cycle through: all four (0 json, 1 stream, 2 cancelled, 3 ws), or
+/// those named in `SOAK_MIX_KINDS` (e.g. `cancelled` or `json,ws`), to find which kind a
+/// memory change comes with.
+fn kinds() -> Vec<u8> {
+    let names = ["json", "stream", "cancelled", "ws"];
+    let picked: Vec<u8> = std::env::var("SOAK_MIX_KINDS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|k| names.iter().position(|n| *n == k.trim()))
+        .map(|k| k as u8)
+        .collect();
+    if picked.is_empty() {
+        vec![0, 1, 2, 3]
+    } else {
+        picked
+    }
+}
+
 /// Sends one request; the status, `Retry-After` presence and the whole body.
 async fn send(
     sender: &mut Sender,
@@ -112,6 +130,7 @@ async fn mix_worker(
     total: u64,
     tally: Rc<RefCell<Mix>>,
 ) -> Result<(), String> {
+    let kinds = kinds();
     let mut http = connect(&addr).await?;
     let (mut ws, _) = tokio_tungstenite::client_async(
         format!("ws://{addr}/ws"),
@@ -128,7 +147,7 @@ async fn mix_worker(
             *n += 1;
             *n - 1
         };
-        let outcome = match i % 4 {
+        let outcome = match kinds[(i % kinds.len() as u64) as usize] {
             0 => match send(&mut http, &addr, "POST", "/mix/json", r#"{"x":[1,2,3.5]}"#).await {
                 Ok((200, _, b)) if &b[..] == br#"{"n":3,"sum":6.5}"# => Ok(0),
                 Ok((s, _, b)) => Err(format!("json: {s} {b:?}")),
