@@ -281,6 +281,12 @@ impl OperationInput for PandasReadJson {
     fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
         Json::<Value>::operation_input(ctx, operation);
     }
+    fn inferred_early_responses(
+        ctx: &mut GenContext,
+        _operation: &mut Operation,
+    ) -> Vec<(Option<u16>, aide::openapi::Response)> {
+        crate::api::rejection_responses(ctx, &[])
+    }
 }
 
 #[cfg(test)]

@@ -188,6 +188,12 @@ impl OperationInput for JsonRequest {
     fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
         Json::<Value>::operation_input(ctx, operation);
     }
+    fn inferred_early_responses(
+        ctx: &mut GenContext,
+        operation: &mut Operation,
+    ) -> Vec<(Option<u16>, aide::openapi::Response)> {
+        Json::<Value>::inferred_early_responses(ctx, operation)
+    }
 }
 
 impl OperationInput for StarletteRequest {}
@@ -223,8 +229,16 @@ impl OperationInput for ImageToNdarray {
     }
     fn inferred_early_responses(
         ctx: &mut GenContext,
-        operation: &mut Operation,
+        _operation: &mut Operation,
     ) -> Vec<(Option<u16>, aide::openapi::Response)> {
-        Json::<NdArray>::inferred_early_responses(ctx, operation)
+        // A broken multipart body, an image above the pixel limit, not a multipart body.
+        crate::api::rejection_responses(
+            ctx,
+            &[
+                StatusCode::BAD_REQUEST,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ],
+        )
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::rejection::{
-    classify, path_segments, value_at, DetailError, Rejection, ValidationError,
+    classify, path_segments, rejection_responses, value_at, DetailError, Rejection, ValidationError,
 };
 
 /// A JSON body (as an extractor) or a JSON response (as a return value).
@@ -391,34 +391,14 @@ impl<S: Send + Sync> FromRequestParts<S> for RootPath {
 mod openapi {
     //! How each extractor appears in the OpenAPI document: as axum's own, plus a documented 422.
     use aide::generate::GenContext;
-    use aide::openapi::{MediaType, Operation, Response, SchemaObject};
+    use aide::openapi::{Operation, Response};
     use aide::{OperationInput, OperationOutput};
     use schemars::JsonSchema;
 
     use super::*;
 
     fn unprocessable(ctx: &mut GenContext) -> Vec<(Option<u16>, Response)> {
-        let schema = ctx.schema.subschema_for::<ValidationError>();
-        vec![(
-            Some(422),
-            Response {
-                description: "Validation Error".into(),
-                content: [(
-                    "application/json".to_owned(),
-                    MediaType {
-                        schema: Some(SchemaObject {
-                            json_schema: schema,
-                            example: None,
-                            external_docs: None,
-                        }),
-                        ..Default::default()
-                    },
-                )]
-                .into_iter()
-                .collect(),
-                ..Default::default()
-            },
-        )]
+        rejection_responses(ctx, &[])
     }
 
     impl<T: JsonSchema> OperationInput for Json<T> {
@@ -429,7 +409,8 @@ mod openapi {
             ctx: &mut GenContext,
             _operation: &mut Operation,
         ) -> Vec<(Option<u16>, Response)> {
-            unprocessable(ctx)
+            // A body of another content type is refused with 415.
+            rejection_responses(ctx, &[StatusCode::UNSUPPORTED_MEDIA_TYPE])
         }
     }
 
