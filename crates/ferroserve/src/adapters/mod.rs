@@ -36,6 +36,9 @@ pub use self::dataframe::PandasReadJson;
 pub use self::image::ImageLimits;
 pub use self::ndarray::{DynArray, Element, NdArray};
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use self::image::{decode as decode_image, header_dimensions as image_dimensions};
+
 /// `json_to_ndarray`: a body `{"array": [...], "shape": [...]?, "dtype": "..."?}` as an array
 /// of the requested (or inferred) dtype.
 #[derive(Debug, Clone, PartialEq)]

@@ -41,7 +41,7 @@ use crate::stream::{attach, PinnedSlot};
 
 pub use aide::axum::routing;
 pub use aide::axum::ApiRouter;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use extract::parse_json_body;
 pub use extract::{Headers, Json, Path, Query, RootPath, Valid, Validatable};
 pub(crate) use rejection::rejection_responses;

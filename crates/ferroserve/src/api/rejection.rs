@@ -173,6 +173,20 @@ pub(crate) fn path_segments(path: &str) -> Vec<Value> {
     out
 }
 
+/// A serde path as JSON `loc` segments: field and map key names as strings, whatever
+/// characters they hold (`"a.b"` stays one segment), indices as numbers.
+pub(crate) fn path_loc(path: &serde_path_to_error::Path) -> Vec<Value> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|segment| match segment {
+            Segment::Seq { index } => Some(Value::from(*index)),
+            Segment::Map { key } => Some(Value::from(key.as_str())),
+            Segment::Enum { variant } => Some(Value::from(variant.as_str())),
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
 /// The value at `loc` (after its first element) inside `root`, or `Null`.
 pub(crate) fn value_at(root: &Value, loc: &[Value]) -> Value {
     let mut cur = root;
