@@ -16,14 +16,20 @@ TARGET = pathlib.Path(
 
 
 class Example:
-    """A running example: its base URL and the lines it prints on stdout."""
+    """A running example (or, with `args`, the `ferroserve` CLI run from the repository root):
+    its base URL and the lines it prints on stdout."""
 
-    def __init__(self, name):
-        binary = TARGET / "debug" / "examples" / name
-        assert binary.exists(), f"{binary} missing: run `cargo build --examples` first"
-        env = dict(os.environ, FERROSERVE_PORT="0", RUST_LOG="info")
+    def __init__(self, name, args=()):
+        binary = TARGET / "debug" / ("examples" if not args else "") / name
+        assert binary.exists(), f"{binary} missing: run `cargo build --workspace --bins --examples` first"
+        env = dict(os.environ, FERROSERVE_PORT="0", FERROSERVE_ADMIN_PORT="0", RUST_LOG="info")
         self.proc = subprocess.Popen(
-            [str(binary)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [str(binary), *args],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.lines = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines), daemon=True).start()
@@ -58,8 +64,8 @@ class Example:
 def example():
     started = []
 
-    def start(name):
-        ex = Example(name)
+    def start(name, *args):
+        ex = Example(name, args)
         started.append(ex)
         return ex
 

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use ferroserve::api::routing::get;
+use ferroserve::api::routing::{get, get_with};
 use ferroserve::api::{ApiIngress, ApiRouter, DetailError, Path, Query, Valid};
 use ferroserve::{Application, Deployment, Json, StatusCode};
 use garde::Validate;
@@ -131,8 +131,19 @@ async fn process_time(
 impl ApiIngress for Users {
     fn routes() -> ApiRouter<Arc<Self>> {
         ApiRouter::new()
-            .api_route("/users", get(Self::list).post(Self::create))
-            .api_route("/users/{user_id}", get(Self::get))
+            // FastAPI's `status_code=201` and `responses={401: ...}`: statuses chosen at run time
+            // are documented on the route.
+            .api_route(
+                "/users",
+                get(Self::list).post_with(Self::create, |op| {
+                    op.response::<201, Json<User>>()
+                        .response::<401, DetailError>()
+                }),
+            )
+            .api_route(
+                "/users/{user_id}",
+                get_with(Self::get, |op| op.response::<404, DetailError>()),
+            )
             .layer(axum::middleware::from_fn(process_time))
     }
 }

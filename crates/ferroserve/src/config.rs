@@ -757,15 +757,22 @@ impl AutoscalingConfig {
     }
 }
 
+/// The most seconds a field may hold: what a `Duration` can (about 585 billion years).
+const MAX_SECONDS: f64 = u64::MAX as f64;
+
 fn positive(issue: &mut impl FnMut(String, String), path: String, v: f64) {
     if !(v.is_finite() && v > 0.0) {
         issue(path, format!("must be a number greater than 0, got {v}"));
+    } else if Duration::try_from_secs_f64(v).is_err() {
+        issue(path, format!("must be at most {MAX_SECONDS:e}, got {v:e}"));
     }
 }
 
 fn non_negative(issue: &mut impl FnMut(String, String), path: String, v: f64) {
     if !(v.is_finite() && v >= 0.0) {
         issue(path, format!("must be a number at least 0, got {v}"));
+    } else if Duration::try_from_secs_f64(v).is_err() {
+        issue(path, format!("must be at most {MAX_SECONDS:e}, got {v:e}"));
     }
 }
 
@@ -999,6 +1006,26 @@ mod tests {
             "serve.yaml:6:9: applications[0].deployments[0].num_replicas: must be at least 1, got 0\n\
              serve.yaml:7:5: applications[1].name: duplicate application name 'a' (also applications[0])\n\
              serve.yaml:8:5: applications[1].route_prefix: route_prefix '/b/' must not end with '/' unless it is exactly '/'"
+        );
+    }
+
+    /// Seconds too large for a `Duration` passed validation and then panicked in
+    /// `Duration::from_secs_f64` when the server took the options (found while writing the
+    /// `config` fuzz target's property that accepted configs convert to options).
+    #[test]
+    fn durations_too_large_are_refused() {
+        let e = err("http_options:\n  request_timeout_s: 1e300\napplications:\n  - name: a\n    import_path: x:app\n    deployments:\n      - name: M\n        graceful_shutdown_timeout_s: 1e20\n        autoscaling_config: {upscale_delay_s: 1e300}\n");
+        assert!(e.contains("serve.yaml:2:3: http_options.request_timeout_s: must be at most 1.8446744073709552e19, got 1e300"), "{e}");
+        assert!(e.contains("deployments[0].graceful_shutdown_timeout_s: must be at most 1.8446744073709552e19, got 1e20"), "{e}");
+        assert!(
+            e.contains("autoscaling_config.upscale_delay_s: must be at most 1.8446744073709552e19"),
+            "{e}"
+        );
+        let ok =
+            ServeConfig::parse("http_options:\n  request_timeout_s: 1e9\n", "serve.yaml").unwrap();
+        assert_eq!(
+            ok.http_options.to_options().request_timeout,
+            Some(Duration::from_secs(1_000_000_000))
         );
     }
 

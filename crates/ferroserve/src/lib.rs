@@ -52,6 +52,9 @@
 //! | the REST API (`/api/serve/applications/`) | `admin` (internal) |
 //! | `/metrics` (Prometheus), access logs | [`metrics`] |
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz;
 pub mod adapters;
 mod admin;
 pub mod api;

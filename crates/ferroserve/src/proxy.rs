@@ -114,7 +114,11 @@ impl ProxyState {
 }
 
 /// The route for `path` in `routes`, after the server's `root_path`.
-fn find_route<'a>(routes: &'a [Route], root_path: &str, path: &str) -> Option<&'a Route> {
+pub(crate) fn find_route<'a>(
+    routes: &'a [Route],
+    root_path: &str,
+    path: &str,
+) -> Option<&'a Route> {
     let rest = if root_path.is_empty() {
         path
     } else if prefix_matches(root_path, path) {

@@ -222,6 +222,19 @@ async fn adapters_appear_in_the_openapi_document() {
         &doc["paths"]["/image"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"];
     assert_eq!(img["properties"]["img"]["format"], "binary");
     assert!(doc["paths"]["/user"]["post"]["responses"]["422"].is_object());
+    // What each adapter refuses with is declared: a body that is not JSON (415), a broken
+    // multipart body (400), an image over the pixel limit (413).
+    let declared = |path: &str| -> Vec<String> {
+        doc["paths"][path]["post"]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    assert_eq!(declared("/ndarray"), ["200", "415", "422"]);
+    assert_eq!(declared("/json"), ["200", "415", "422"]);
+    assert_eq!(declared("/image"), ["200", "400", "413", "415", "422"]);
     assert!(doc["paths"]["/raw"]["get"].is_object() && doc["paths"]["/raw"]["post"].is_object());
 }
 

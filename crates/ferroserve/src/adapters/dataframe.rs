@@ -86,15 +86,16 @@ fn options(query: &str) -> Result<(Orient, bool), Rejection> {
     Ok((orient, lines))
 }
 
-/// Named columns of JSON values, in order.
-struct Table(Vec<(String, Vec<Value>)>);
+/// Named columns of JSON values, in order, and the number of rows appended as objects (a table
+/// of empty objects has rows but no columns).
+struct Table(Vec<(String, Vec<Value>)>, usize);
 
 impl Table {
-    fn column(&mut self, name: &str) -> usize {
+    /// The column `name`, created with `rows` nulls if new.
+    fn column(&mut self, name: &str, rows: usize) -> usize {
         match self.0.iter().position(|(n, _)| n == name) {
             Some(i) => i,
             None => {
-                let rows = self.0.first().map_or(0, |(_, v)| v.len());
                 self.0.push((name.to_owned(), vec![Value::Null; rows]));
                 self.0.len() - 1
             }
@@ -103,14 +104,15 @@ impl Table {
 
     /// Appends one row given as an object.
     fn push_object(&mut self, row: &Map<String, Value>) {
-        let rows = self.0.first().map_or(0, |(_, v)| v.len());
+        let rows = self.1;
         for (k, v) in row {
-            let i = self.column(k);
+            let i = self.column(k, rows);
             self.0[i].1.push(v.clone());
         }
         for (_, col) in &mut self.0 {
             col.resize(rows + 1, Value::Null);
         }
+        self.1 = rows + 1;
     }
 }
 
@@ -125,7 +127,7 @@ fn as_array<'a>(v: &'a Value, what: &str) -> Result<&'a Vec<Value>, Rejection> {
 }
 
 fn table(body: &[u8], orient: Orient, lines: bool) -> Result<Table, Rejection> {
-    let mut t = Table(Vec::new());
+    let mut t = Table(Vec::new(), 0);
     if lines {
         for (n, line) in body.split(|&b| b == b'\n').enumerate() {
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -255,7 +257,7 @@ fn series(name: &str, values: &[Value]) -> Series {
 }
 
 fn frame(t: &Table) -> polars::prelude::PolarsResult<DataFrame> {
-    let height = t.0.first().map_or(0, |(_, v)| v.len());
+    let height = t.0.first().map_or(t.1, |(_, v)| v.len());
     let columns: Vec<Column> = t.0.iter().map(|(n, v)| series(n, v).into()).collect();
     DataFrame::new(height, columns)
 }
@@ -277,6 +279,12 @@ impl<S: Send + Sync> FromRequest<S> for PandasReadJson {
 impl OperationInput for PandasReadJson {
     fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
         Json::<Value>::operation_input(ctx, operation);
+    }
+    fn inferred_early_responses(
+        ctx: &mut GenContext,
+        _operation: &mut Operation,
+    ) -> Vec<(Option<u16>, aide::openapi::Response)> {
+        crate::api::rejection_responses(ctx, &[])
     }
 }
 
@@ -324,6 +332,30 @@ mod tests {
         }
         let df = read("[[1, 2.5], [3, 4]]", "orient=values");
         assert_eq!(df.shape(), (2, 2));
+    }
+
+    /// Found by `fuzz/` (dataframe): a key first seen after another key of the same record lost
+    /// its value, and records of empty objects lost their rows.
+    #[test]
+    fn records_keep_every_value_and_row() {
+        for query in ["orient=records", "lines=true"] {
+            let body = match query {
+                "lines=true" => "{\"a\": 1, \"b\": \"x\"}\n{\"c\": true, \"a\": 2}\n{}\n",
+                _ => r#"[{"a": 1, "b": "x"}, {"c": true, "a": 2}, {}]"#,
+            };
+            let df = read(body, query);
+            assert_eq!(df.shape(), (3, 3), "{query}");
+            let non_null = |name: &str| {
+                let col = df.column(name).unwrap();
+                col.len() - col.null_count()
+            };
+            assert_eq!(
+                (non_null("a"), non_null("b"), non_null("c")),
+                (2, 1, 1),
+                "{query}"
+            );
+        }
+        assert_eq!(read("[{}, {}]", "orient=records").shape(), (2, 0));
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn not_an_image(msg: String) -> Rejection {
 
 /// Width and height from a PNG's `IHDR` or a JPEG's start-of-frame marker, read without a
 /// decoder (so a bomb is refused before any decoder state or pixel buffer exists).
-fn header_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
+pub(crate) fn header_dimensions(bytes: &[u8]) -> Option<(u32, u32)> {
     let be16 = |b: &[u8]| u32::from(u16::from_be_bytes([b[0], b[1]]));
     let be32 = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
     if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {

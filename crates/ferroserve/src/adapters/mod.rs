@@ -36,6 +36,9 @@ pub use self::dataframe::PandasReadJson;
 pub use self::image::ImageLimits;
 pub use self::ndarray::{DynArray, Element, NdArray};
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use self::image::{decode as decode_image, header_dimensions as image_dimensions};
+
 /// `json_to_ndarray`: a body `{"array": [...], "shape": [...]?, "dtype": "..."?}` as an array
 /// of the requested (or inferred) dtype.
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +190,12 @@ impl OperationInput for JsonRequest {
     fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
         Json::<Value>::operation_input(ctx, operation);
     }
+    fn inferred_early_responses(
+        ctx: &mut GenContext,
+        operation: &mut Operation,
+    ) -> Vec<(Option<u16>, aide::openapi::Response)> {
+        Json::<Value>::inferred_early_responses(ctx, operation)
+    }
 }
 
 impl OperationInput for StarletteRequest {}
@@ -222,8 +231,16 @@ impl OperationInput for ImageToNdarray {
     }
     fn inferred_early_responses(
         ctx: &mut GenContext,
-        operation: &mut Operation,
+        _operation: &mut Operation,
     ) -> Vec<(Option<u16>, aide::openapi::Response)> {
-        Json::<NdArray>::inferred_early_responses(ctx, operation)
+        // A broken multipart body, an image above the pixel limit, not a multipart body.
+        crate::api::rejection_responses(
+            ctx,
+            &[
+                StatusCode::BAD_REQUEST,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ],
+        )
     }
 }

@@ -485,6 +485,18 @@ mod tests {
         assert_eq!(a.shape(), &[1, 2]);
     }
 
+    /// Found by `fuzz/` (ndarray_roundtrip): serde_json's default float parsing is off by one
+    /// ulp for some values, so a numpy client's float64 reached the model changed.
+    #[test]
+    fn float64_values_arrive_exactly() {
+        let body = br#"{"array": [8.928108708340859e+164, 0.1, 5e-324], "dtype": "float64"}"#;
+        let nd: NdArray = crate::api::parse_json_body(body).unwrap();
+        let DynArray::Float64(a) = nd.into_dyn().unwrap() else {
+            panic!("float64")
+        };
+        assert_eq!(a.as_slice().unwrap(), [8.928108708340859e164, 0.1, 5e-324]);
+    }
+
     #[test]
     fn says_what_is_wrong() {
         assert!(err(json!({"array": [[1, 2], [3]]}))

@@ -11,7 +11,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::rejection::{
-    classify, path_segments, value_at, DetailError, Rejection, ValidationError,
+    classify, path_loc, path_segments, rejection_responses, value_at, DetailError, Rejection,
+    ValidationError,
 };
 
 /// A JSON body (as an extractor) or a JSON response (as a return value).
@@ -104,7 +105,7 @@ pub(crate) fn parse_json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Va
     let message = inner.to_string();
     let message = message.split(" at line ").next().unwrap_or(&message);
     let (kind, msg, missing) = classify(message);
-    let mut loc = path_segments(&err.path().to_string());
+    let mut loc = path_loc(err.path());
     let parsed: Value = serde_json::from_slice(bytes).unwrap_or(Value::Null);
     let input = value_at(&parsed, &loc);
     if let Some(field) = missing {
@@ -166,7 +167,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
                     form_urlencoded::parse(query.as_bytes())
                         .map(|(k, v)| (k.into_owned(), Value::from(v.into_owned())))
                         .collect();
-                let mut loc = path_segments(&err.path().to_string());
+                let mut loc = path_loc(err.path());
                 let input = if loc.is_empty() {
                     Value::Object(pairs)
                 } else {
@@ -391,34 +392,14 @@ impl<S: Send + Sync> FromRequestParts<S> for RootPath {
 mod openapi {
     //! How each extractor appears in the OpenAPI document: as axum's own, plus a documented 422.
     use aide::generate::GenContext;
-    use aide::openapi::{MediaType, Operation, Response, SchemaObject};
+    use aide::openapi::{Operation, Response};
     use aide::{OperationInput, OperationOutput};
     use schemars::JsonSchema;
 
     use super::*;
 
     fn unprocessable(ctx: &mut GenContext) -> Vec<(Option<u16>, Response)> {
-        let schema = ctx.schema.subschema_for::<ValidationError>();
-        vec![(
-            Some(422),
-            Response {
-                description: "Validation Error".into(),
-                content: [(
-                    "application/json".to_owned(),
-                    MediaType {
-                        schema: Some(SchemaObject {
-                            json_schema: schema,
-                            example: None,
-                            external_docs: None,
-                        }),
-                        ..Default::default()
-                    },
-                )]
-                .into_iter()
-                .collect(),
-                ..Default::default()
-            },
-        )]
+        rejection_responses(ctx, &[])
     }
 
     impl<T: JsonSchema> OperationInput for Json<T> {
@@ -429,7 +410,8 @@ mod openapi {
             ctx: &mut GenContext,
             _operation: &mut Operation,
         ) -> Vec<(Option<u16>, Response)> {
-            unprocessable(ctx)
+            // A body of another content type is refused with 415.
+            rejection_responses(ctx, &[StatusCode::UNSUPPORTED_MEDIA_TYPE])
         }
     }
 
@@ -524,6 +506,7 @@ mod openapi {
 mod tests {
     use super::*;
     use serde::Deserialize;
+    use std::collections::BTreeMap;
 
     #[derive(Debug, Deserialize)]
     #[allow(dead_code)]
@@ -556,6 +539,14 @@ mod tests {
             e["detail"][0]["loc"],
             serde_json::json!(["body", "tags", 1])
         );
+        // Found by `fuzz/` (extractors): a map key holding `.` or `[` is one segment of `loc`,
+        // not split as if it were a path.
+        let e = err::<BTreeMap<String, User>>(r#"{"a.b[0]": {"user_id": "x", "user_name": "a"}}"#);
+        assert_eq!(
+            e["detail"][0]["loc"],
+            serde_json::json!(["body", "a.b[0]", "user_id"])
+        );
+        assert_eq!(e["detail"][0]["input"], "x");
         let e = err::<User>("{oops");
         assert_eq!(e["detail"][0]["type"], "json_invalid");
         let e = err::<User>(r#"{"user_id": 1, "user_name": "a"} trailing"#);

@@ -46,7 +46,10 @@ use crate::stream::{attach, PinnedSlot};
 
 pub use aide::axum::routing;
 pub use aide::axum::ApiRouter;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) use extract::parse_json_body;
 pub use extract::{Headers, Json, Path, Query, RootPath, Valid, Validatable};
+pub(crate) use rejection::rejection_responses;
 pub use rejection::{DetailError, ErrorDetail, Rejection, ValidationError};
 pub use ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, DEFAULT_MAX_MESSAGE_SIZE};
 

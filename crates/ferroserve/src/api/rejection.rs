@@ -197,6 +197,20 @@ pub(crate) fn path_segments(path: &str) -> Vec<Value> {
     out
 }
 
+/// A serde path as JSON `loc` segments: field and map key names as strings, whatever
+/// characters they hold (`"a.b"` stays one segment), indices as numbers.
+pub(crate) fn path_loc(path: &serde_path_to_error::Path) -> Vec<Value> {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .filter_map(|segment| match segment {
+            Segment::Seq { index } => Some(Value::from(*index)),
+            Segment::Map { key } => Some(Value::from(key.as_str())),
+            Segment::Enum { variant } => Some(Value::from(variant.as_str())),
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
 /// The value at `loc` (after its first element) inside `root`, or `Null`.
 pub(crate) fn value_at(root: &Value, loc: &[Value]) -> Value {
     let mut cur = root;
@@ -218,8 +232,72 @@ pub(crate) fn value_at(root: &Value, loc: &[Value]) -> Value {
     cur.clone()
 }
 
+/// Its status is chosen at run time: document it at each status a route returns it with, e.g.
+/// `op.response::<404, DetailError>()`; the body is described as `{"detail": string}`.
 impl aide::OperationOutput for DetailError {
     type Inner = ();
+    fn operation_response(
+        ctx: &mut aide::generate::GenContext,
+        _operation: &mut aide::openapi::Operation,
+    ) -> Option<aide::openapi::Response> {
+        rejection_responses(ctx, &[StatusCode::NOT_FOUND])
+            .pop()
+            .map(|(_, mut response)| {
+                response.description = "Error".to_owned();
+                response
+            })
+    }
+}
+
+/// A [`DetailError`]'s body, as the OpenAPI document describes it.
+#[derive(JsonSchema)]
+#[schemars(rename = "DetailError")]
+#[allow(dead_code)]
+struct DetailBody {
+    /// What is wrong.
+    detail: String,
+}
+
+/// The responses an extractor's rejection documents: `422` with a [`ValidationError`] body,
+/// and each of `statuses` with a [`DetailError`] body.
+pub(crate) fn rejection_responses(
+    ctx: &mut aide::generate::GenContext,
+    statuses: &[StatusCode],
+) -> Vec<(Option<u16>, aide::openapi::Response)> {
+    let response = |description: &str, json_schema| aide::openapi::Response {
+        description: description.to_owned(),
+        content: [(
+            "application/json".to_owned(),
+            aide::openapi::MediaType {
+                schema: Some(aide::openapi::SchemaObject {
+                    json_schema,
+                    example: None,
+                    external_docs: None,
+                }),
+                ..Default::default()
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    };
+    let mut out = vec![(
+        Some(422),
+        response(
+            "Validation Error",
+            ctx.schema.subschema_for::<ValidationError>(),
+        ),
+    )];
+    for status in statuses {
+        out.push((
+            Some(status.as_u16()),
+            response(
+                status.canonical_reason().unwrap_or("Error"),
+                ctx.schema.subschema_for::<DetailBody>(),
+            ),
+        ));
+    }
+    out
 }
 
 impl aide::OperationOutput for ValidationError {

@@ -87,6 +87,37 @@ impl aide::OperationInput for WebSocketUpgrade {
     ) {
         axum::extract::ws::WebSocketUpgrade::operation_input(ctx, operation);
     }
+
+    /// A request that is not a WebSocket upgrade is refused, in plain text, with `400` (or
+    /// `426` when its connection cannot be upgraded).
+    fn inferred_early_responses(
+        _ctx: &mut aide::generate::GenContext,
+        _operation: &mut aide::openapi::Operation,
+    ) -> Vec<(Option<u16>, aide::openapi::Response)> {
+        let text = |description: &str| aide::openapi::Response {
+            description: description.to_owned(),
+            content: schemars::Schema::try_from(serde_json::json!({"type": "string"}))
+                .ok()
+                .map(|json_schema| {
+                    let media = aide::openapi::MediaType {
+                        schema: Some(aide::openapi::SchemaObject {
+                            json_schema,
+                            example: None,
+                            external_docs: None,
+                        }),
+                        ..Default::default()
+                    };
+                    ("text/plain; charset=utf-8".to_owned(), media)
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        vec![
+            (Some(400), text("Not a WebSocket upgrade request")),
+            (Some(426), text("Upgrade Required")),
+        ]
+    }
 }
 
 /// An upgraded WebSocket connection.
