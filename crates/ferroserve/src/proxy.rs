@@ -346,36 +346,36 @@ pub(crate) async fn serve(
     let graceful = GracefulShutdown::new();
     let head_timeout = options.keep_alive_timeout;
     let connections = Arc::new(tokio::sync::Semaphore::new(options.limits.max_connections));
-    let serve_connection =
-        |stream: tokio::net::TcpStream, permit: tokio::sync::OwnedSemaphorePermit| {
-            let _ = stream.set_nodelay(true);
+    let serve_connection = |stream: tokio::net::TcpStream,
+                            permit: tokio::sync::OwnedSemaphorePermit| {
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let linger = Arc::new(AtomicBool::new(false));
+        let refused = linger.clone();
+        let service = hyper::service::service_fn(move |req| {
             let state = state.clone();
-            let linger = Arc::new(AtomicBool::new(false));
-            let refused = linger.clone();
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                let refused = refused.clone();
-                async move {
-                    let response = handle(state, req).await;
-                    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        // The body is (partly) unread: close gently (see `conn::ClientStream`).
-                        refused.store(true, Ordering::Relaxed);
-                    }
-                    Ok::<_, Infallible>(response)
+            let refused = refused.clone();
+            async move {
+                let response = handle(state, req).await;
+                if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    // The body is (partly) unread: close gently (see `conn::ClientStream`).
+                    refused.store(true, Ordering::Relaxed);
                 }
-            });
-            let stream = crate::conn::ClientStream::new(stream, head_timeout, linger);
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                let _permit = permit;
-                if let Err(e) = conn.await {
-                    tracing::debug!("connection ended with error: {e}");
-                }
-            });
-        };
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let stream = crate::conn::ClientStream::new(stream, head_timeout, linger);
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = conn.await {
+                tracing::debug!("connection ended with error: {e}");
+            }
+        });
+    };
     loop {
         let accepted = tokio::select! {
             biased;
