@@ -306,6 +306,9 @@ pub(crate) struct ConnOptions {
     pub(crate) graceful_shutdown_timeout: Duration,
 }
 
+/// hyper's default cap on the headers of an HTTP/1.1 request (`Limits::max_headers`' default).
+const HYPER_MAX_HEADERS: usize = 100;
+
 /// How long a drain lets open connections end on their own (each busy HTTP/1 connection closes
 /// after its next response, which says `Connection: close`) before closing the idle ones. A
 /// client between two requests on a keep-alive connection would otherwise race the close: its
@@ -336,8 +339,12 @@ pub(crate) async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(options.keep_alive_timeout)
         .max_buf_size(options.limits.max_header_bytes)
-        .max_headers(options.limits.max_headers)
         .keep_alive(true);
+    // hyper's own cap is 100 headers, kept in arrays on the stack; naming a cap (even 100)
+    // makes it fill a vector of that size for every request (about 1,000 instructions).
+    if options.limits.max_headers != HYPER_MAX_HEADERS {
+        builder.http1().max_headers(options.limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
