@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_stream::stream;
+use common::logs::{captured_logs, log_lines};
 use common::{client, eventually, start, Fetch};
 use ferroserve::stream::StreamingResponse;
 use ferroserve::{
@@ -20,39 +20,13 @@ use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 
-/// Everything logged in this process, as JSON lines (installed once per test process).
-fn captured_logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
-        struct Sink(&'static Mutex<Vec<u8>>);
-        impl Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut config = ferroserve::config::LoggingConfig::default();
-        config.encoding = ferroserve::config::LogEncoding::Json;
-        ferroserve::serve::init_logging_to(&config, move || Sink(logs));
-        logs
-    })
-}
-
 /// The first log line whose message contains `needle`.
 fn logged(needle: &str) -> Option<Value> {
-    let logs = captured_logs().lock().unwrap();
-    String::from_utf8_lossy(&logs)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|l| {
-            l["fields"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains(needle))
-        })
+    log_lines().into_iter().find(|l| {
+        l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(needle))
+    })
 }
 
 /// A model whose method panics on demand and whose health check panics once it is told to.

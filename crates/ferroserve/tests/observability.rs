@@ -2,11 +2,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::logs::{captured_logs, log_lines};
 use common::{client, start};
 use ferroserve::{
     Application, Deployment, Error, HandlerError, Ingress, Request, Response, Serve, StatusCode,
@@ -303,36 +304,6 @@ async fn the_admin_port_serves_the_same_metrics() {
         assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
     }
     server.shutdown().await;
-}
-
-/// Everything logged in this process, as JSON lines (installed once per test process).
-fn captured_logs() -> &'static Mutex<Vec<u8>> {
-    static LOGS: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
-        struct Sink(&'static Mutex<Vec<u8>>);
-        impl Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut config = ferroserve::config::LoggingConfig::default();
-        config.encoding = ferroserve::config::LogEncoding::Json;
-        ferroserve::serve::init_logging_to(&config, move || Sink(logs));
-        logs
-    })
-}
-
-fn log_lines() -> Vec<Value> {
-    let logs = captured_logs().lock().unwrap();
-    String::from_utf8_lossy(&logs)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ferroserve::{Serve, Server};
 
+pub mod logs;
 pub mod raw;
 
 /// Starts `serve` on 127.0.0.1 with an ephemeral port.
