@@ -47,6 +47,11 @@ pub struct Limits {
     pub max_array_elements: u64,
 }
 
+/// hyper's own cap on the headers of an HTTP/1.1 request, and so `max_headers`' default: the
+/// proxy names the cap to hyper only when it differs (hyper parses into stack arrays of this
+/// size, but fills a vector per request once a cap is named).
+pub(crate) const HYPER_MAX_HEADERS: usize = 100;
+
 /// hyper's smallest read buffer: a smaller header limit cannot be enforced.
 pub(crate) const MIN_HEADER_BYTES: usize = 8192;
 
@@ -55,7 +60,7 @@ impl Default for Limits {
         Limits {
             max_request_body_bytes: 16 << 20,
             max_header_bytes: 64 << 10,
-            max_headers: 100,
+            max_headers: HYPER_MAX_HEADERS,
             max_connections: 10_000,
             max_websocket_message_bytes: 16 << 20,
             max_image_pixels: 40_000_000,

@@ -231,7 +231,7 @@ fn serve_route(
     let request_timeout = state.request_timeout.map(|t| (t, request_id.clone()));
     let limits = state.limits;
     let req = limit_body(&limits, req);
-    let ctx = RequestContext::with_limits(request_id.clone(), state.request_timeout, state.limits)
+    let ctx = RequestContext::with_limits(request_id.clone(), state.request_timeout, limits)
         .in_app(&route.mount)
         .with_model_id(model_id);
     let work = req.map(|req| route.endpoint.serve(req, ctx.clone()));
@@ -306,9 +306,6 @@ pub(crate) struct ConnOptions {
     pub(crate) graceful_shutdown_timeout: Duration,
 }
 
-/// hyper's default cap on the headers of an HTTP/1.1 request (`Limits::max_headers`' default).
-const HYPER_MAX_HEADERS: usize = 100;
-
 /// How long a drain lets open connections end on their own (each busy HTTP/1 connection closes
 /// after its next response, which says `Connection: close`) before closing the idle ones. A
 /// client between two requests on a keep-alive connection would otherwise race the close: its
@@ -342,7 +339,7 @@ pub(crate) async fn serve(
         .keep_alive(true);
     // hyper's own cap is 100 headers, kept in arrays on the stack; naming a cap (even 100)
     // makes it fill a vector of that size for every request (about 1,000 instructions).
-    if options.limits.max_headers != HYPER_MAX_HEADERS {
+    if options.limits.max_headers != crate::limits::HYPER_MAX_HEADERS {
         builder.http1().max_headers(options.limits.max_headers);
     }
     builder
