@@ -12,7 +12,7 @@ use common::{client, start};
 use ferroserve::adapters::{ImageToNdarray, JsonToNdarray};
 use ferroserve::api::routing::get;
 use ferroserve::api::routing::post;
-use ferroserve::api::{ApiIngress, ApiRouter, Json, Message, Path, Query, Valid, WebSocketUpgrade};
+use ferroserve::api::{ApiIngress, ApiRouter, Json, Path, Query, Valid};
 use ferroserve::{Application, Deployment, HandlerError, Ingress, Request, Serve};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -69,15 +69,6 @@ impl Api {
     ) -> String {
         df.height().to_string()
     }
-    async fn ws(ws: WebSocketUpgrade) -> ferroserve::Response {
-        ws.on_upgrade(|mut ws| async move {
-            while let Some(Ok(m)) = ws.recv().await {
-                if let Message::Text(_) | Message::Binary(_) = m {
-                    let _ = ws.send(m).await;
-                }
-            }
-        })
-    }
 }
 
 impl ApiIngress for Api {
@@ -89,7 +80,7 @@ impl ApiIngress for Api {
             .api_route("/image", post(Self::image))
             .api_route("/items/{id}", get(Self::item).delete(Self::item))
             .api_route("/page", get(Self::page))
-            .api_route("/ws", get(Self::ws));
+            .api_route("/ws", get(common::echo_websocket));
         #[cfg(feature = "dataframe")]
         let routes = routes.api_route("/dataframe", post(Self::dataframe));
         routes

@@ -11,7 +11,7 @@ use common::raw::{addr, exchange, read_response, read_to_close, PATIENCE};
 use common::{client, start};
 use ferroserve::adapters::{ImageToNdarray, JsonToNdarray};
 use ferroserve::api::routing::{get, post};
-use ferroserve::api::{ApiIngress, ApiRouter, Json, Message, WebSocketUpgrade};
+use ferroserve::api::{ApiIngress, ApiRouter, Json};
 use ferroserve::config::ServeConfig;
 use ferroserve::{Application, Deployment, HandlerError, Ingress, Limits, Request, Serve};
 use futures_util::{SinkExt, StreamExt};
@@ -42,15 +42,6 @@ impl Api {
     async fn image(ImageToNdarray(img): ImageToNdarray) -> Json<Vec<usize>> {
         Json(img.shape().to_vec())
     }
-    async fn ws(ws: WebSocketUpgrade) -> ferroserve::Response {
-        ws.on_upgrade(|mut ws| async move {
-            while let Some(Ok(m)) = ws.recv().await {
-                if let Message::Text(_) | Message::Binary(_) = m {
-                    let _ = ws.send(m).await;
-                }
-            }
-        })
-    }
 }
 
 impl ApiIngress for Api {
@@ -59,7 +50,7 @@ impl ApiIngress for Api {
             .api_route("/json", post(Self::json))
             .api_route("/ndarray", post(Self::ndarray))
             .api_route("/image", post(Self::image))
-            .api_route("/ws", get(Self::ws))
+            .api_route("/ws", get(common::echo_websocket))
     }
 }
 

@@ -147,3 +147,15 @@ impl Drop for Example {
         let _ = self.child.wait();
     }
 }
+
+/// A WebSocket route that echoes every text and binary message until the client leaves (for
+/// tests of the WebSocket limits and protocol errors).
+pub async fn echo_websocket(ws: ferroserve::api::WebSocketUpgrade) -> ferroserve::Response {
+    ws.on_upgrade(|mut ws| async move {
+        while let Some(Ok(m)) = ws.recv().await {
+            if let ferroserve::api::Message::Text(_) | ferroserve::api::Message::Binary(_) = m {
+                let _ = ws.send(m).await;
+            }
+        }
+    })
+}
