@@ -97,9 +97,15 @@ pub struct HttpOptionsConfig {
     /// Default 40000000.
     #[serde(default = "limit::pixels")]
     pub max_image_pixels: u64,
-    /// Most elements in one `json_to_ndarray` array; `413` beyond it. Default 16777216.
+    /// Most elements in one `json_to_ndarray` array; `422` beyond it. Default 16777216.
     #[serde(default = "limit::elements")]
     pub max_array_elements: u64,
+    /// Most parts in one multipart body; `413` beyond it. Default 1000.
+    #[serde(default = "limit::parts")]
+    pub max_multipart_parts: usize,
+    /// Largest part of a multipart body in bytes; `413` beyond it. Default 16 MiB.
+    #[serde(default = "limit::part_bytes")]
+    pub max_multipart_part_bytes: u64,
 }
 
 /// Defaults of the `http_options` limits, from [`crate::Limits::default`].
@@ -125,6 +131,12 @@ mod limit {
     }
     pub(super) fn elements() -> u64 {
         Limits::default().max_array_elements
+    }
+    pub(super) fn parts() -> usize {
+        Limits::default().max_multipart_parts
+    }
+    pub(super) fn part_bytes() -> u64 {
+        Limits::default().max_multipart_part_bytes
     }
 }
 
@@ -158,6 +170,8 @@ impl Default for HttpOptionsConfig {
             max_websocket_message_bytes: limit::websocket(),
             max_image_pixels: limit::pixels(),
             max_array_elements: limit::elements(),
+            max_multipart_parts: limit::parts(),
+            max_multipart_part_bytes: limit::part_bytes(),
         }
     }
 }
@@ -517,6 +531,7 @@ impl ServeConfig {
         for (field, value) in [
             ("max_headers", http.max_headers),
             ("max_connections", http.max_connections),
+            ("max_multipart_parts", http.max_multipart_parts),
         ] {
             if value == 0 {
                 issue(
@@ -692,6 +707,8 @@ impl HttpOptionsConfig {
             max_websocket_message_bytes: self.max_websocket_message_bytes,
             max_image_pixels: self.max_image_pixels,
             max_array_elements: self.max_array_elements,
+            max_multipart_parts: self.max_multipart_parts,
+            max_multipart_part_bytes: self.max_multipart_part_bytes,
         }
     }
 }

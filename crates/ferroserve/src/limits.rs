@@ -11,7 +11,9 @@
 //! | `max_connections` | 10 000 | nothing: further connections wait in the kernel's listen queue until one closes |
 //! | `max_websocket_message_bytes` | 16 MiB | the WebSocket closes with code `1009` (message too big) |
 //! | `max_image_pixels` | 40 000 000 | `413` naming the image's width × height (checked from its header, before decoding) |
-//! | `max_array_elements` | 16 777 216 | `413` naming the `json_to_ndarray` shape |
+//! | `max_array_elements` | 16 777 216 | `422` naming the `json_to_ndarray` shape |
+//! | `max_multipart_parts` | 1000 | `413` (the image adapter's multipart body) |
+//! | `max_multipart_part_bytes` | 16 MiB | `413` naming the part, kept or skipped |
 //!
 //! JSON nesting is limited by serde_json to 128 levels: deeper bodies get a `400` (raw
 //! [`crate::Request::json`]) or `422` ([`crate::api::Json`]) naming the limit, never a stack
@@ -45,6 +47,12 @@ pub struct Limits {
     pub max_image_pixels: u64,
     /// Most elements in one `json_to_ndarray` array. Default 2^24.
     pub max_array_elements: u64,
+    /// Most parts in one `multipart/form-data` body the server reads (the image adapter).
+    /// Default 1000, as Starlette's `max_fields`.
+    pub max_multipart_parts: usize,
+    /// Largest single part of a `multipart/form-data` body, in bytes, whether it is kept or
+    /// skipped. Default 16 MiB: with a raised `max_request_body_bytes`, parts stay bounded.
+    pub max_multipart_part_bytes: u64,
 }
 
 /// hyper's own cap on the headers of an HTTP/1.1 request, and so `max_headers`' default: the
@@ -65,6 +73,8 @@ impl Default for Limits {
             max_websocket_message_bytes: 16 << 20,
             max_image_pixels: 40_000_000,
             max_array_elements: 1 << 24,
+            max_multipart_parts: 1000,
+            max_multipart_part_bytes: 16 << 20,
         }
     }
 }
@@ -82,6 +92,28 @@ impl Limits {
             ),
         };
         Error::bad_request(StatusCode::PAYLOAD_TOO_LARGE, message)
+    }
+
+    /// The `413` for a multipart body with more than `max_multipart_parts` parts.
+    pub(crate) fn too_many_parts(&self) -> crate::api::DetailError {
+        crate::api::DetailError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            detail: format!(
+                "Multipart body has more than {} parts (max_multipart_parts).",
+                self.max_multipart_parts
+            ),
+        }
+    }
+
+    /// The `413` for a multipart part `name` larger than `max_multipart_part_bytes`.
+    pub(crate) fn part_too_large(&self, name: &str) -> crate::api::DetailError {
+        crate::api::DetailError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            detail: format!(
+                "Multipart part '{name}' is larger than the limit of {} bytes (max_multipart_part_bytes).",
+                self.max_multipart_part_bytes
+            ),
+        }
     }
 
     /// The limits of the request being served on this task (the defaults outside a request).

@@ -267,9 +267,10 @@ impl Serve {
                 limits.max_header_bytes
             )));
         }
-        if limits.max_connections == 0 || limits.max_headers == 0 {
+        if limits.max_connections == 0 || limits.max_headers == 0 || limits.max_multipart_parts == 0
+        {
             return Err(Error::Config(
-                "max_connections and max_headers must be at least 1".into(),
+                "max_connections, max_headers and max_multipart_parts must be at least 1".into(),
             ));
         }
         let mut seen: Vec<(&str, &str)> = Vec::with_capacity(apps.len());

@@ -253,6 +253,7 @@ fn cases() -> Vec<(&'static str, Vec<u8>, Expect)> {
         ("multipart without the img field", request("POST", "/api/image", &[("Content-Type", ct_multipart)], &multipart("XyZ", &[("other", b"x")])), Status(422, "Field required")),
         ("an upload that is not an image", request("POST", "/api/image", &[("Content-Type", ct_multipart)], &multipart("XyZ", &[("img", b"GIF89a not a png")])), Status(422, "unsupported image format")),
         ("decompression-bomb PNG header", request("POST", "/api/image", &[("Content-Type", ct_multipart)], &multipart("XyZ", &[("img", &png_header_only(100_000, 100_000))])), Status(413, "100000x100000 = 10000000000 pixels")),
+        ("multipart with more than 1000 parts", request("POST", "/api/image", &[("Content-Type", ct_multipart)], &multipart("XyZ", &vec![("other", &b"x"[..]); 1001])), Status(413, "Multipart body has more than 1000 parts (max_multipart_parts)")),
         ("truncated PNG", request("POST", "/api/image", &[("Content-Type", ct_multipart)], &multipart("XyZ", &[("img", &png_header_only(4, 4))])), Status(422, "could not decode the image")),
         ("ragged ndarray", post_json("/api/ndarray", br#"{"array": [[1, 2], [3]]}"#), Status(422, "ragged array")),
         ("ndarray shape overflowing usize", post_json("/api/ndarray", br#"{"array": [1], "shape": [18446744073709551615, 2]}"#), Status(422, "overflows")),

@@ -382,6 +382,86 @@ async fn image_and_array_limits_come_from_the_server_options() {
     server.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_parts_are_counted_and_each_is_bounded() {
+    let (server, base) = server(
+        limits(|l| {
+            l.max_multipart_parts = 3;
+            l.max_multipart_part_bytes = 1000;
+        }),
+        Duration::from_secs(5),
+    )
+    .await;
+    let upload = |parts: Vec<(&'static str, Vec<u8>)>| {
+        let mut form = reqwest::multipart::Form::new();
+        for (name, bytes) in parts {
+            form = form.part(name, reqwest::multipart::Part::bytes(bytes).file_name("f"));
+        }
+        client().post(format!("{base}/api/image")).multipart(form)
+    };
+    let small = png(10, 10);
+    assert!(small.len() < 1000);
+    let detail = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap();
+        (status, v["detail"].as_str().unwrap_or_default().to_owned())
+    };
+
+    // Two parts skipped, then the image: within both limits.
+    let r = upload(vec![
+        ("a", vec![1; 999]),
+        ("b", vec![]),
+        ("img", small.clone()),
+    ])
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A fourth part is refused before the image is reached.
+    let r = upload(vec![
+        ("a", vec![]),
+        ("b", vec![]),
+        ("c", vec![]),
+        ("img", small.clone()),
+    ])
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(
+        detail(r).await,
+        (
+            413,
+            "Multipart body has more than 3 parts (max_multipart_parts).".to_owned()
+        )
+    );
+
+    // A part that is skipped still counts against the part size, and so does the image.
+    for (name, parts) in [
+        (
+            "junk",
+            vec![("junk", vec![0; 1001]), ("img", small.clone())],
+        ),
+        ("img", vec![("img", vec![0; 5000])]),
+    ] {
+        let r = upload(parts).send().await.unwrap();
+        assert_eq!(
+            detail(r).await,
+            (
+                413,
+                format!(
+                    "Multipart part '{name}' is larger than the limit of 1000 bytes (max_multipart_part_bytes)."
+                )
+            )
+        );
+    }
+
+    // The server is unharmed.
+    let r = upload(vec![("img", small)]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn impossible_limits_are_refused_at_start() {
     for (l, needle) in [
@@ -390,6 +470,7 @@ async fn impossible_limits_are_refused_at_start() {
             "max_header_bytes must be at least 8192",
         ),
         (limits(|l| l.max_connections = 0), "max_connections"),
+        (limits(|l| l.max_multipart_parts = 0), "max_multipart_parts"),
     ] {
         let e = Serve::new()
             .port(0)
@@ -404,7 +485,7 @@ async fn impossible_limits_are_refused_at_start() {
 
 #[test]
 fn config_files_set_every_limit() {
-    let yaml = "http_options:\n  max_request_body_bytes: 1024\n  max_header_bytes: 10000\n  max_headers: 7\n  max_connections: 3\n  max_websocket_message_bytes: 99\n  max_image_pixels: 5\n  max_array_elements: 6\n";
+    let yaml = "http_options:\n  max_request_body_bytes: 1024\n  max_header_bytes: 10000\n  max_headers: 7\n  max_connections: 3\n  max_websocket_message_bytes: 99\n  max_image_pixels: 5\n  max_array_elements: 6\n  max_multipart_parts: 8\n  max_multipart_part_bytes: 9\n";
     let config = ServeConfig::parse(yaml, "serve.yaml").unwrap();
     let l = config.http_options.to_options().limits;
     assert_eq!(
@@ -415,9 +496,11 @@ fn config_files_set_every_limit() {
             l.max_connections,
             l.max_websocket_message_bytes,
             l.max_image_pixels,
-            l.max_array_elements
+            l.max_array_elements,
+            l.max_multipart_parts,
+            l.max_multipart_part_bytes
         ),
-        (1024, 10000, 7, 3, 99, 5, 6)
+        (1024, 10000, 7, 3, 99, 5, 6, 8, 9)
     );
     let defaults = ServeConfig::parse("{}", "serve.yaml").unwrap();
     assert_eq!(defaults.http_options.to_options().limits, Limits::default());

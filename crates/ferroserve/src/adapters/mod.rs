@@ -110,12 +110,13 @@ impl<S: Send + Sync> FromRequest<S> for StarletteRequest {
 impl<S: Send + Sync> FromRequest<S> for ImageToNdarray {
     type Rejection = Rejection;
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Rejection> {
+        let server = crate::limits::Limits::current();
         let limits = req
             .extensions()
             .get::<ImageLimits>()
             .copied()
-            .unwrap_or_else(|| ImageLimits {
-                max_pixels: crate::limits::Limits::current().max_image_pixels,
+            .unwrap_or(ImageLimits {
+                max_pixels: server.max_image_pixels,
             });
         let mut form = Multipart::from_request(req, state)
             .await
@@ -134,9 +135,28 @@ impl<S: Send + Sync> FromRequest<S> for ImageToNdarray {
             let text = format!("broken multipart body: {}", e.body_text());
             DetailError::body_status(e.status(), text).into()
         };
-        while let Some(field) = form.next_field().await.map_err(broken)? {
-            if field.name() == Some("img") {
-                let bytes = field.bytes().await.map_err(broken)?;
+        let mut parts = 0;
+        while let Some(mut field) = form.next_field().await.map_err(broken)? {
+            parts += 1;
+            if parts > server.max_multipart_parts {
+                return Err(server.too_many_parts().into());
+            }
+            // Every part is read chunk by chunk and counted, the ones skipped too; only `img`
+            // is kept.
+            let keep = field.name() == Some("img");
+            let mut bytes = Vec::new();
+            let mut size = 0u64;
+            while let Some(chunk) = field.chunk().await.map_err(broken)? {
+                size += chunk.len() as u64;
+                if size > server.max_multipart_part_bytes {
+                    let name = field.name().unwrap_or_default().to_owned();
+                    return Err(server.part_too_large(&name).into());
+                }
+                if keep {
+                    bytes.extend_from_slice(&chunk);
+                }
+            }
+            if keep {
                 return Ok(ImageToNdarray(self::image::decode(&bytes, limits)?));
             }
         }
