@@ -21,7 +21,10 @@ use super::{env_num, fmt_mib, rss_kib, Config, Result, Server};
 /// The `BENCH_ONLY` names this module knows.
 pub(crate) const NAMES: [&str; 2] = ["soak_mix", "overload"];
 
-const SETTLE: Duration = Duration::from_millis(500);
+/// How long the server is left idle before its RSS is read: past one of its memory trims (every
+/// 1 s by default, `ferroserve::memory`), so the figure is what the heap holds, not what the
+/// last burst of traffic freed a moment ago.
+const SETTLE: Duration = Duration::from_millis(1500);
 
 /// The server's RSS (KiB) sampled every 20 ms during a client run.
 #[derive(Default, Clone, Copy)]

@@ -73,6 +73,7 @@ pub mod handle;
 pub mod health;
 pub mod ingress;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod multiplex;
 #[cfg(feature = "onnx")]

@@ -50,6 +50,9 @@ pub struct HttpOptions {
     pub access_log: bool,
     /// Request size and connection limits (see [`crate::limits`]).
     pub limits: Limits,
+    /// How often the running server gives freed heap memory back to the OS (see
+    /// [`crate::memory`]). Default 1 s; `None` never does.
+    pub memory_trim_interval: Option<Duration>,
 }
 
 impl Default for HttpOptions {
@@ -67,6 +70,7 @@ impl Default for HttpOptions {
             metrics_path: Some(crate::metrics::DEFAULT_METRICS_PATH.to_owned()),
             access_log: true,
             limits: Limits::default(),
+            memory_trim_interval: Some(crate::memory::DEFAULT_TRIM_INTERVAL),
         }
     }
 }
@@ -202,6 +206,14 @@ impl Serve {
     /// [`Serve::limits`].
     pub fn max_request_body_bytes(mut self, bytes: u64) -> Self {
         self.options.limits.max_request_body_bytes = bytes;
+        self
+    }
+
+    /// How often the running server gives freed heap memory back to the OS (default 1 s;
+    /// `None` never does, e.g. with a global allocator that returns memory itself). See
+    /// [`crate::memory`].
+    pub fn memory_trim_interval(mut self, interval: Option<Duration>) -> Self {
+        self.options.memory_trim_interval = interval;
         self
     }
 
@@ -353,6 +365,9 @@ impl Serve {
             None => None,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
+        if let Some(interval) = options.memory_trim_interval.filter(|i| !i.is_zero()) {
+            tokio::spawn(crate::memory::trim_periodically(interval, stop_rx.clone()));
+        }
         let task = tokio::spawn(proxy::serve(
             listener,
             state,
