@@ -1,14 +1,15 @@
 //! Client connections: the accept loop's connection cap, and the stream wrapper that closes
-//! silent connections and lingers after a refused body (see [`ClientStream`]).
+//! silent and idle connections and lingers after a refused body (see [`ClientStream`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
+use axum::response::Response;
 use tokio::net::TcpListener;
 
 pin_project_lite::pin_project! {
@@ -19,6 +20,13 @@ pin_project_lite::pin_project! {
     /// connects and sends nothing (or part of the HTTP/2 preface) would hold its connection
     /// forever. Reads fail with `TimedOut` until the bytes read tell HTTP/1.1 from HTTP/2 (they
     /// differ from the preface, or the whole preface arrived).
+    ///
+    /// Idle HTTP/2 connections: hyper closes an idle HTTP/1.1 connection itself, but an
+    /// HTTP/2 connection with no open stream would stay open for as long as the client likes.
+    /// Once the preface has arrived, a timer runs in periods of the keep-alive timeout; when a
+    /// period ends with no stream open (`streams`, kept by the proxy's service) and no byte read
+    /// during it, reads fail with `TimedOut` and the connection closes: after between one and
+    /// two timeouts of idleness.
     ///
     /// Lingering close: when a response refused a body the client is still sending (`413`),
     /// closing at once would reset the connection under the client's writes, and most clients
@@ -33,6 +41,11 @@ pin_project_lite::pin_project! {
         matched: usize,
         // Set by the service when a response left the request body unread.
         linger: Arc<AtomicBool>,
+        // HTTP/2 requests open on this connection (counted by the service).
+        streams: Arc<AtomicUsize>,
+        // After the HTTP/2 preface: the idle period running, and whether a byte came during it.
+        idle: Option<Pin<Box<tokio::time::Sleep>>>,
+        read_during_period: bool,
         timeout: Duration,
         // Once the write side is shut: discarding the client's bytes until this passes.
         lingering: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -42,10 +55,14 @@ pin_project_lite::pin_project! {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl ClientStream {
+    /// Wraps an accepted connection: `timeout` is the keep-alive timeout, `linger` is set by
+    /// the service when a response leaves the body unread, `streams` counts the HTTP/2
+    /// requests the service has open.
     pub(crate) fn new(
         stream: tokio::net::TcpStream,
         timeout: Duration,
         linger: Arc<AtomicBool>,
+        streams: Arc<AtomicUsize>,
     ) -> Self {
         ClientStream {
             stream,
@@ -54,7 +71,67 @@ impl ClientStream {
             linger,
             timeout,
             lingering: None,
+            streams,
+            idle: None,
+            read_during_period: false,
         }
+    }
+}
+
+/// Counts one HTTP/2 request as open on its connection until dropped (with the response body,
+/// or with the handler's future if the client resets the stream first).
+#[derive(Debug)]
+pub(crate) struct OpenStream(Arc<AtomicUsize>);
+
+impl OpenStream {
+    pub(crate) fn new(streams: &Arc<AtomicUsize>) -> Self {
+        streams.fetch_add(1, Ordering::Relaxed);
+        OpenStream(streams.clone())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `response` with `open` held until its body has been sent (or dropped).
+pub(crate) fn hold_until_sent(response: Response, open: OpenStream) -> Response {
+    response.map(|body| {
+        axum::body::Body::new(HeldBody {
+            body,
+            open: Some(open),
+        })
+    })
+}
+
+struct HeldBody {
+    body: axum::body::Body,
+    open: Option<OpenStream>,
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        let frame = std::task::ready!(hyper::body::Body::poll_frame(Pin::new(&mut self.body), cx));
+        if frame.is_none() {
+            self.open = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -67,6 +144,24 @@ impl tokio::io::AsyncRead for ClientStream {
         let this = self.project();
         let before = buf.filled().len();
         let read = this.stream.poll_read(cx, buf);
+        if let Some(idle) = this.idle {
+            if !matches!(read, Poll::Pending) {
+                *this.read_during_period = true;
+                return read;
+            }
+            while idle.as_mut().poll(cx).is_ready() {
+                if !*this.read_during_period && this.streams.load(Ordering::Relaxed) == 0 {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "idle HTTP/2 connection closed after keep_alive_timeout",
+                    )));
+                }
+                *this.read_during_period = false;
+                let next = tokio::time::Instant::now() + *this.timeout;
+                idle.as_mut().reset(next);
+            }
+            return Poll::Pending;
+        }
         let Some(deadline) = this.deadline else {
             return read;
         };
@@ -81,6 +176,8 @@ impl tokio::io::AsyncRead for ClientStream {
                 }
                 if *this.matched == H2_PREFACE.len() {
                     *this.deadline = None;
+                    *this.idle = Some(Box::pin(tokio::time::sleep(*this.timeout)));
+                    *this.read_during_period = true;
                 }
                 Poll::Ready(Ok(()))
             }

@@ -10,7 +10,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -356,19 +356,29 @@ pub(crate) async fn serve(
         let state = state.clone();
         let linger = Arc::new(AtomicBool::new(false));
         let refused = linger.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let streams = Arc::new(AtomicUsize::new(0));
+        let open = streams.clone();
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
             let state = state.clone();
             let refused = refused.clone();
+            // An HTTP/2 request keeps its connection from idling out until its response body
+            // is done (see `conn::ClientStream`); HTTP/1.1 idleness is hyper's to time.
+            let stream = (req.version() == http::Version::HTTP_2)
+                .then(|| crate::conn::OpenStream::new(&open));
             async move {
                 let response = handle(state, req).await;
                 if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     // The body is (partly) unread: close gently (see `conn::ClientStream`).
                     refused.store(true, Ordering::Relaxed);
                 }
+                let response = match stream {
+                    Some(open) => crate::conn::hold_until_sent(response, open),
+                    None => response,
+                };
                 Ok::<_, Infallible>(response)
             }
         });
-        let stream = crate::conn::ClientStream::new(stream, head_timeout, linger);
+        let stream = crate::conn::ClientStream::new(stream, head_timeout, linger, streams);
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

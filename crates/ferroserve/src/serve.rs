@@ -37,6 +37,8 @@ pub struct HttpOptions {
     /// connection, a client that connects and sends nothing, and a slow (slowloris) request
     /// head are all closed after it. Default 5 s, as uvicorn's. hyper times the request head
     /// from the moment it starts waiting for it, so one timeout covers idle and slow clients.
+    /// An HTTP/2 connection is closed once no request has been open on it and nothing has
+    /// arrived for between one and two timeouts.
     pub keep_alive_timeout: Duration,
     /// How long a drain waits for in-flight requests before closing connections. Default 20 s.
     pub graceful_shutdown_timeout: Duration,

@@ -42,6 +42,11 @@ impl Api {
     async fn image(ImageToNdarray(img): ImageToNdarray) -> Json<Vec<usize>> {
         Json(img.shape().to_vec())
     }
+    /// Answers after 700 ms with nothing on the wire meanwhile.
+    async fn slow() -> &'static str {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        "done"
+    }
 }
 
 impl ApiIngress for Api {
@@ -51,6 +56,7 @@ impl ApiIngress for Api {
             .api_route("/ndarray", post(Self::ndarray))
             .api_route("/image", post(Self::image))
             .api_route("/ws", get(common::echo_websocket))
+            .api_route("/slow", get(Self::slow))
     }
 }
 
@@ -258,6 +264,33 @@ async fn silent_slow_and_idle_connections_are_closed_after_the_keep_alive_timeou
         .unwrap();
     assert_eq!(read_response(&mut stream).await.unwrap().status, 200);
     assert!(read_to_close(&mut stream).await.is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed_but_not_while_a_request_is_open() {
+    let keep_alive = Duration::from_millis(200);
+    let (server, base) = server(Limits::default(), keep_alive).await;
+    // A request open for more than three keep-alive timeouts, with no byte on the wire
+    // meanwhile, is answered on its HTTP/2 connection.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(format!("{base}/api/slow")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.text().await.unwrap(), "done");
+
+    // A client that sends the preface and its settings, then nothing, is closed once idle.
+    let mut stream = TcpStream::connect(addr(&base)).await.unwrap();
+    let started = std::time::Instant::now();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let answer = read_to_close(&mut stream).await;
+    assert!(started.elapsed() >= keep_alive, "{:?}", started.elapsed());
+    assert_eq!(answer.get(3), Some(&4), "the server's SETTINGS came first");
     server.shutdown().await;
 }
 
