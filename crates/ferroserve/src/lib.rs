@@ -55,6 +55,7 @@
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod __fuzz;
+mod access_log;
 pub mod adapters;
 mod admin;
 pub mod api;

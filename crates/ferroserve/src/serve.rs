@@ -502,29 +502,38 @@ where
 }
 
 /// The subscriber [`init_logging_to`] installs.
-fn log_subscriber<W>(
+pub(crate) fn log_subscriber<W>(
     config: &crate::config::LoggingConfig,
     writer: W,
 ) -> Box<dyn tracing::Subscriber + Send + Sync>
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
+    use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(config.log_level.directive()));
+    let writer = Arc::new(writer);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(crate::access_log::Shared(writer.clone()));
     match config.encoding {
-        crate::config::LogEncoding::Text => Box::new(
-            builder
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        crate::config::LogEncoding::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let subscriber = builder
+                .with_ansi(ansi)
                 .map_event_format(|format| WithReplica {
                     inner: format,
                     json: false,
                 })
-                .finish(),
-        ),
+                .finish();
+            if ansi {
+                Box::new(subscriber)
+            } else {
+                // Plain text: access lines take the fast path (see `crate::access_log`).
+                Box::new(subscriber.with(crate::access_log::AccessLines::new(writer)))
+            }
+        }
         crate::config::LogEncoding::Json => Box::new(
             builder
                 .json()
