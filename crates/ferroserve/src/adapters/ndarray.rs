@@ -150,8 +150,19 @@ impl Values {
                 f.values.push(x);
                 f.any_float = true;
             }
-            (Values::Float(f), x) => f.values.push(x.to_f64()),
             (Values::Int(v), Scalar::Int(i)) => v.push(i),
+            (Values::Bool(v), Scalar::Bool(b)) => v.push(b),
+            _ => self.push_other(x),
+        }
+    }
+
+    /// [`Values::push`] of a value of another kind than the values so far (kept out of the
+    /// per-value path).
+    #[cold]
+    #[inline(never)]
+    fn push_other(&mut self, x: Scalar) {
+        match (&mut *self, x) {
+            (Values::Float(f), x) => f.values.push(x.to_f64()),
             (Values::Int(v), Scalar::Bool(b)) => v.push(i64::from(b)),
             (Values::Bool(v), Scalar::Bool(b)) => v.push(b),
             (Values::Bool(v), Scalar::Int(i)) => {
@@ -411,6 +422,18 @@ impl Decoder {
 
     #[inline]
     fn value(&mut self, x: Scalar) {
+        if self.ndim == Some(self.path.len()) && self.count < self.max {
+            self.count += 1;
+            self.values.push(x);
+        } else {
+            self.value_other(x);
+        }
+    }
+
+    /// [`Decoder::value`] for the first value, or one that is out of place or over the limit.
+    #[cold]
+    #[inline(never)]
+    fn value_other(&mut self, x: Scalar) {
         let depth = self.path.len();
         match self.ndim {
             Some(n) if n == depth => {}
@@ -710,6 +733,25 @@ macro_rules! each {
     };
 }
 
+/// `$f` applied to an iterator over the elements of `$a` in logical order: over a slice when
+/// the array is laid out in that order (stepping an `IxDyn` multi-index per element costs
+/// several times the addition), else the array's own iterator. The order, and so a float sum,
+/// is the same either way.
+macro_rules! elements {
+    ($a:expr, |$it:ident| $f:expr) => {
+        match $a.as_slice() {
+            Some(s) => {
+                let $it = s.iter();
+                $f
+            }
+            None => {
+                let $it = $a.iter();
+                $f
+            }
+        }
+    };
+}
+
 impl DynArray {
     /// The array's shape.
     pub fn shape(&self) -> &[usize] {
@@ -730,17 +772,23 @@ impl DynArray {
 
     /// The sum of the elements, as `f64` (`true` counts 1).
     pub fn sum(&self) -> f64 {
-        each!(self, a => a.iter().map(|x| x.to_f64()).sum())
+        each!(self, a => elements!(a, |it| it.map(|x| x.to_f64()).sum()))
     }
 
     /// The sum as JSON, like numpy's: an integer for integer and bool arrays, a float otherwise.
     pub fn sum_value(&self) -> Value {
         match self {
             DynArray::Float32(_) | DynArray::Float64(_) => Value::from(self.sum()),
-            DynArray::Int32(a) => Value::from(a.iter().map(|&x| i64::from(x)).sum::<i64>()),
-            DynArray::Int64(a) => Value::from(a.iter().fold(0i64, |s, &x| s.wrapping_add(x))),
-            DynArray::Uint8(a) => Value::from(a.iter().map(|&x| u64::from(x)).sum::<u64>()),
-            DynArray::Bool(a) => Value::from(a.iter().filter(|&&x| x).count()),
+            DynArray::Int32(a) => {
+                Value::from(elements!(a, |it| it.map(|&x| i64::from(x)).sum::<i64>()))
+            }
+            DynArray::Int64(a) => {
+                Value::from(elements!(a, |it| it.fold(0i64, |s, &x| s.wrapping_add(x))))
+            }
+            DynArray::Uint8(a) => {
+                Value::from(elements!(a, |it| it.map(|&x| u64::from(x)).sum::<u64>()))
+            }
+            DynArray::Bool(a) => Value::from(elements!(a, |it| it.filter(|&&x| x).count())),
         }
     }
 
