@@ -619,12 +619,23 @@ impl<'de> Visitor<'de> for Item<'_> {
             .value(i64::try_from(u).map_or(Scalar::UInt(u), Scalar::Int));
         Ok(())
     }
+    #[inline]
     fn visit_f64<E: serde::de::Error>(self, x: f64) -> Result<(), E> {
+        // The common case, a float among floats where a value belongs, straight to the vector.
+        let d = self.0;
+        if let Values::Float(f) = &mut d.values {
+            if d.ndim == Some(d.path.len()) && d.count < d.max && x.is_finite() {
+                d.count += 1;
+                f.values.push(x);
+                f.any_float = true;
+                return Ok(());
+            }
+        }
         // A `Value` keeps a non-finite float (never parsed from JSON) as `null`.
         if x.is_finite() {
-            self.0.value(Scalar::Float(x));
+            d.value(Scalar::Float(x));
         } else {
-            self.0.not_number("null");
+            d.not_number("null");
         }
         Ok(())
     }
