@@ -22,7 +22,7 @@ pub fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError
 
 /// `json_to_ndarray`'s decoder as it was before it streamed (a `serde_json::Value` tree):
 /// the oracle `NdArray` must agree with, result for result and error for error.
-pub use crate::adapters::ndarray_oracle::NdArrayOracle;
+pub use crate::adapters::ndarray_oracle::NdArray as NdArrayOracle;
 
 /// Runs `f` as a request whose `max_array_elements` limit is `max`.
 pub fn with_max_array_elements<R>(max: u64, f: impl FnOnce() -> R) -> R {

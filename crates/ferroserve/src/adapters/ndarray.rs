@@ -996,7 +996,7 @@ pub(crate) fn multi(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapters::ndarray_oracle::NdArrayOracle;
+    use crate::adapters::ndarray_oracle::NdArray as NdArrayOracle;
     use crate::api::parse_json_body;
     use crate::context::RequestContext;
     use crate::limits::Limits;
@@ -1403,6 +1403,8 @@ mod tests {
             r#"{"array": [[1, 2], [3, 4, 5], [1e400]]}"#,
             r#"{"array": [1, 2,]}"#,
             r#"{"array": [[1, 2], [3, 4]]"#,
+            "false",
+            "[1, 2]",
         ] {
             agrees(body);
         }

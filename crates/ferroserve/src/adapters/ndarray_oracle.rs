@@ -10,10 +10,10 @@ use serde_json::Value;
 use super::ndarray::{canonical_dtype, checked_product, invalid, DynArray};
 use crate::api::ValidationError;
 
-/// `NdArray` with `array` as a `Value` tree.
+/// `NdArray` with `array` as a `Value` tree (named alike: serde's messages name the type).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NdArrayOracle {
+pub struct NdArray {
     array: Value,
     #[serde(default)]
     shape: Option<Vec<u64>>,
@@ -199,7 +199,7 @@ fn build_dyn(
     })
 }
 
-impl NdArrayOracle {
+impl NdArray {
     fn layout(&self) -> Result<(Vec<&Value>, Vec<usize>), ValidationError> {
         let max = crate::limits::Limits::current().max_array_elements;
         let declared = match &self.shape {
