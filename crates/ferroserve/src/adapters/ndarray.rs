@@ -25,8 +25,10 @@ use crate::api::ValidationError;
 
 /// The body `json_to_ndarray` accepts (Ray's `NdArray` schema).
 ///
-/// `array` is decoded as the body is read (see the [module docs](self)); convert it with
-/// [`NdArray::into_dyn`] or [`NdArray::into_array`], which report whatever is wrong with it.
+/// `array` is decoded as the body is read, never into a `serde_json::Value` tree: the shape
+/// from its nesting and the values in one typed vector (`bool`, `i64` or `f64`, widening as
+/// numpy's inference does). Convert it with [`NdArray::into_dyn`] or [`NdArray::into_array`],
+/// which report whatever is wrong with it (the keys may come in any order).
 /// An `array` with more than `max_array_elements` values (see [`crate::limits`]) is refused;
 /// at most that many values are ever stored.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
