@@ -1474,8 +1474,8 @@ fn run(cfg: &Config) -> Result<String> {
     let _ = writeln!(
         report,
         "A parses the body with `serde_json::from_slice::<Nd>` (`Nd {{ array: Vec<Vec<f64>> }}`) and \
-         sums; B is the `JsonToNdarray` adapter (JSON → `serde_json::Value` → shape and dtype \
-         inference → `ArrayD<f64>`) and sums. MB = 10⁶ bytes of JSON body.\n"
+         sums; B is the `JsonToNdarray` adapter (JSON decoded as it is read into a shape and one \
+         typed vector, dtype inference → `ArrayD<f64>`) and sums. MB = 10⁶ bytes of JSON body.\n"
     );
     for (size_name, bytes, rows, res) in &nd_results {
         let _ = writeln!(

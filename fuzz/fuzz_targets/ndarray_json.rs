@@ -1,9 +1,11 @@
 //! `json_to_ndarray`'s decoder on arbitrary request bodies: it never panics, every error says
 //! what and where (`loc` starts at `"body"`), and every array it returns has the shape it
-//! reports, agreeing with the typed extractor of the same dtype.
+//! reports, agreeing with the typed extractor of the same dtype. And it is the old decoder
+//! (a `serde_json::Value` tree, `NdArrayOracle`) made to stream: both give the same arrays and
+//! the same errors, message for message, under the default element limit and a tiny one.
 #![no_main]
 
-use ferroserve::__fuzz::json_body;
+use ferroserve::__fuzz::{json_body, with_max_array_elements, NdArrayOracle};
 use ferroserve::adapters::{DynArray, Element, NdArray};
 use ferroserve::api::ValidationError;
 use libfuzzer_sys::fuzz_target;
@@ -41,7 +43,46 @@ fn typed<T: Element + std::fmt::Debug + PartialEq>(nd: &NdArray) -> Option<Array
     }
 }
 
+const DTYPES: [&str; 6] = ["float32", "float64", "int32", "int64", "uint8", "bool"];
+
+fn typed_dyn(nd: NdArray, dtype: &str) -> Result<DynArray, ValidationError> {
+    Ok(match dtype {
+        "float32" => DynArray::Float32(nd.into_array()?),
+        "float64" => DynArray::Float64(nd.into_array()?),
+        "int32" => DynArray::Int32(nd.into_array()?),
+        "int64" => DynArray::Int64(nd.into_array()?),
+        "uint8" => DynArray::Uint8(nd.into_array()?),
+        _ => DynArray::Bool(nd.into_array()?),
+    })
+}
+
+/// The streaming decoder and the `Value`-tree oracle agree exactly on `data`.
+fn agrees_with_oracle(data: &[u8]) {
+    let (nd, oracle) = match (
+        json_body::<NdArray>(data),
+        json_body::<NdArrayOracle>(data),
+    ) {
+        (Ok(nd), Ok(oracle)) => (nd, oracle),
+        (Err(a), Err(b)) => return assert_eq!(a, b, "parse errors differ"),
+        (a, b) => panic!("one parses, one does not: {a:?} / {b:?}"),
+    };
+    assert_eq!(
+        nd.clone().into_dyn(),
+        oracle.clone().into_dyn(),
+        "into_dyn differs from the oracle"
+    );
+    for dtype in DTYPES {
+        assert_eq!(
+            typed_dyn(nd.clone(), dtype),
+            oracle.clone().into_array_of(dtype),
+            "into_array::<{dtype}> differs from the oracle"
+        );
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    agrees_with_oracle(data);
+    with_max_array_elements(4, || agrees_with_oracle(data));
     let nd: NdArray = match json_body(data) {
         Ok(nd) => nd,
         Err(e) => return explains(&e),
@@ -55,6 +96,10 @@ fuzz_target!(|data: &[u8]| {
     match nd.clone().into_dyn() {
         Ok(a) => {
             let _ = (a.sum(), a.sum_value(), a.to_f64());
+            // Without a `shape`, the array's is the nesting's.
+            if nd.shape.is_none() {
+                assert_eq!(nd.array_shape(), Some(a.shape()));
+            }
             if let Some(shape) = &nd.shape {
                 assert!(a
                     .shape()

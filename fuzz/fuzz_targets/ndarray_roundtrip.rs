@@ -155,6 +155,19 @@ fuzz_target!(|input: Input| {
     }
     let bytes = serde_json::to_vec(&Value::Object(body)).expect("JSON");
     let nd: NdArray = json_body(&bytes).expect("a numpy client's body parses");
+    // The nesting's shape: nested lists stop at the first empty one; a flat list is 1-D.
+    let nested_shape: Vec<usize> = if input.nested {
+        let zero = shape.iter().position(|&d| d == 0);
+        shape[..zero.map_or(shape.len(), |z| z + 1)].to_vec()
+    } else {
+        vec![n]
+    };
+    assert_eq!(
+        nd.array_shape(),
+        Some(&nested_shape[..]),
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
     let got = nd
         .into_dyn()
         .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(&bytes)));

@@ -20,6 +20,19 @@ pub fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError
     crate::api::parse_json_body(bytes)
 }
 
+/// `json_to_ndarray`'s decoder as it was before it streamed (a `serde_json::Value` tree):
+/// the oracle `NdArray` must agree with, result for result and error for error.
+pub use crate::adapters::ndarray_oracle::NdArray as NdArrayOracle;
+
+/// Runs `f` as a request whose `max_array_elements` limit is `max`.
+pub fn with_max_array_elements<R>(max: u64, f: impl FnOnce() -> R) -> R {
+    let limits = crate::limits::Limits {
+        max_array_elements: max,
+        ..crate::limits::Limits::default()
+    };
+    RequestContext::with_limits("fuzz", None, limits).enter(f)
+}
+
 /// An uploaded image decoded as `ImageToNdarray` decodes it.
 pub fn decode_image(bytes: &[u8], limits: ImageLimits) -> Result<Array3<u8>, Rejection> {
     crate::adapters::decode_image(bytes, limits)

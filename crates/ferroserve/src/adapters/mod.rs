@@ -18,6 +18,9 @@
 mod dataframe;
 mod image;
 mod ndarray;
+#[cfg(any(test, feature = "fuzzing"))]
+#[cfg_attr(not(feature = "fuzzing"), allow(unreachable_pub))]
+pub(crate) mod ndarray_oracle;
 
 use std::collections::BTreeMap;
 
