@@ -5,7 +5,7 @@
 //! the same errors, message for message, under the default element limit and a tiny one.
 #![no_main]
 
-use ferroserve::__fuzz::{json_body, with_max_array_elements, NdArrayOracle};
+use ferroserve::__fuzz::{assert_ndarray_agrees_with_oracle, json_body, with_max_array_elements};
 use ferroserve::adapters::{DynArray, Element, NdArray};
 use ferroserve::api::ValidationError;
 use libfuzzer_sys::fuzz_target;
@@ -43,46 +43,9 @@ fn typed<T: Element + std::fmt::Debug + PartialEq>(nd: &NdArray) -> Option<Array
     }
 }
 
-const DTYPES: [&str; 6] = ["float32", "float64", "int32", "int64", "uint8", "bool"];
-
-fn typed_dyn(nd: NdArray, dtype: &str) -> Result<DynArray, ValidationError> {
-    Ok(match dtype {
-        "float32" => DynArray::Float32(nd.into_array()?),
-        "float64" => DynArray::Float64(nd.into_array()?),
-        "int32" => DynArray::Int32(nd.into_array()?),
-        "int64" => DynArray::Int64(nd.into_array()?),
-        "uint8" => DynArray::Uint8(nd.into_array()?),
-        _ => DynArray::Bool(nd.into_array()?),
-    })
-}
-
-/// The streaming decoder and the `Value`-tree oracle agree exactly on `data`.
-fn agrees_with_oracle(data: &[u8]) {
-    let (nd, oracle) = match (
-        json_body::<NdArray>(data),
-        json_body::<NdArrayOracle>(data),
-    ) {
-        (Ok(nd), Ok(oracle)) => (nd, oracle),
-        (Err(a), Err(b)) => return assert_eq!(a, b, "parse errors differ"),
-        (a, b) => panic!("one parses, one does not: {a:?} / {b:?}"),
-    };
-    assert_eq!(
-        nd.clone().into_dyn(),
-        oracle.clone().into_dyn(),
-        "into_dyn differs from the oracle"
-    );
-    for dtype in DTYPES {
-        assert_eq!(
-            typed_dyn(nd.clone(), dtype),
-            oracle.clone().into_array_of(dtype),
-            "into_array::<{dtype}> differs from the oracle"
-        );
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
-    agrees_with_oracle(data);
-    with_max_array_elements(4, || agrees_with_oracle(data));
+    assert_ndarray_agrees_with_oracle(data);
+    with_max_array_elements(4, || assert_ndarray_agrees_with_oracle(data));
     let nd: NdArray = match json_body(data) {
         Ok(nd) => nd,
         Err(e) => return explains(&e),

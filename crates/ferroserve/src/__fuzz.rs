@@ -24,6 +24,10 @@ pub fn json_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ValidationError
 /// the oracle `NdArray` must agree with, result for result and error for error.
 pub use crate::adapters::ndarray_oracle::NdArray as NdArrayOracle;
 
+/// Panics unless the streaming decoder and [`NdArrayOracle`] agree on `body` exactly (under the
+/// current limits; see [`with_max_array_elements`]).
+pub use crate::adapters::ndarray_oracle::assert_agrees as assert_ndarray_agrees_with_oracle;
+
 /// Runs `f` as a request whose `max_array_elements` limit is `max`.
 pub fn with_max_array_elements<R>(max: u64, f: impl FnOnce() -> R) -> R {
     let limits = crate::limits::Limits {

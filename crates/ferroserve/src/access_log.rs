@@ -188,7 +188,7 @@ fn write_civil_time(out: &mut String, secs: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use crate::serve::tests::Sink;
 
     #[test]
     fn civil_time_matches_known_dates() {
@@ -209,9 +209,9 @@ mod tests {
     /// after the timestamp, through ferroserve's own text subscriber.
     #[test]
     fn the_fast_line_is_the_line_tracing_writes() {
-        let out: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let sink = out.clone();
-        let make = move || Sink(sink.clone());
+        let sink = Sink::default();
+        let out = sink.0.clone();
+        let make = move || sink.clone();
         let config = crate::config::LoggingConfig::default();
         let subscriber = crate::serve::log_subscriber(&config, make);
         let method = Method::POST;
@@ -268,16 +268,5 @@ mod tests {
             application: "a",
         };
         tracing::subscriber::with_default(subscriber, || assert!(!write_fast(&record)));
-    }
-
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
     }
 }

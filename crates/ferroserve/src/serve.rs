@@ -617,25 +617,29 @@ pub fn run(app: impl Into<Application>) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{LogEncoding, LoggingConfig};
     use crate::metrics::{in_replica_sync, DeploymentMetrics, ReplicaLabels};
     use std::sync::Mutex;
 
+    /// Log output kept in memory: what each writer made by the closure writes lands in `.0`.
+    #[derive(Clone, Default)]
+    pub(crate) struct Sink(pub(crate) Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     /// What `config`'s log format writes for one line logged outside and one inside a handler.
     fn two_lines(encoding: LogEncoding) -> Vec<String> {
         let out: Arc<Mutex<Vec<u8>>> = Arc::default();
-        struct Sink(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Sink {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let config = LoggingConfig {
             encoding,
             ..LoggingConfig::default()

@@ -7,7 +7,7 @@ use ndarray::{ArrayD, IxDyn};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::ndarray::{canonical_dtype, checked_product, invalid, DynArray};
+use super::ndarray::{checked_product, endpoint_dtype, invalid, requested_dtype, DynArray};
 use crate::api::ValidationError;
 
 /// `NdArray` with `array` as a `Value` tree (named alike: serde's messages name the type).
@@ -232,16 +232,7 @@ impl NdArray {
     pub fn into_dyn(self) -> Result<DynArray, ValidationError> {
         let (leaves, shape) = self.layout()?;
         let dtype = match &self.dtype {
-            Some(name) => canonical_dtype(name).ok_or_else(|| {
-                invalid(
-                    "dtype",
-                    "enum",
-                    format!(
-                        "unknown dtype '{name}'; expected one of float32, float64, int32, int64, uint8, bool"
-                    ),
-                    Value::from(name.as_str()),
-                )
-            })?,
+            Some(name) => requested_dtype(name)?,
             None => {
                 if leaves.iter().any(|v| matches!(v, Value::Number(n) if n.as_i64().is_none() && n.as_u64().is_none())) {
                     "float64"
@@ -258,17 +249,45 @@ impl NdArray {
     /// What `NdArray::into_array::<T>` gave, for the `T` whose dtype is `dtype` (a canonical
     /// name), wrapped in the `DynArray` variant of that dtype.
     pub fn into_array_of(self, dtype: &str) -> Result<DynArray, ValidationError> {
-        if let Some(name) = &self.dtype {
-            if canonical_dtype(name) != Some(dtype) {
-                return Err(invalid(
-                    "dtype",
-                    "enum",
-                    format!("dtype '{name}' does not match this endpoint's {dtype}"),
-                    Value::from(name.as_str()),
-                ));
-            }
-        }
+        endpoint_dtype(self.dtype.as_deref(), dtype)?;
         let (leaves, shape) = self.layout()?;
         build_dyn(dtype, &leaves, shape)
+    }
+}
+
+/// numpy's six dtypes, by canonical name.
+pub(crate) const DTYPES: [&str; 6] = ["float32", "float64", "int32", "int64", "uint8", "bool"];
+
+/// `NdArray::into_array::<T>` for the `T` whose dtype is `dtype`, in that dtype's variant.
+pub(crate) fn typed(nd: super::ndarray::NdArray, dtype: &str) -> Result<DynArray, ValidationError> {
+    Ok(match dtype {
+        "float32" => DynArray::Float32(nd.into_array()?),
+        "float64" => DynArray::Float64(nd.into_array()?),
+        "int32" => DynArray::Int32(nd.into_array()?),
+        "int64" => DynArray::Int64(nd.into_array()?),
+        "uint8" => DynArray::Uint8(nd.into_array()?),
+        _ => DynArray::Bool(nd.into_array()?),
+    })
+}
+
+/// Panics unless the streaming decoder and this one agree on `body` exactly, under the current
+/// request's limits: both refuse it with the same error, or both accept it and give the same
+/// array (or error) from `into_dyn` and from `into_array` for every dtype.
+pub fn assert_agrees(body: &[u8]) {
+    let shown = String::from_utf8_lossy(body);
+    let new = crate::api::parse_json_body::<super::ndarray::NdArray>(body);
+    let old = crate::api::parse_json_body::<NdArray>(body);
+    let (new, old) = match (new, old) {
+        (Ok(new), Ok(old)) => (new, old),
+        (Err(new), Err(old)) => return assert_eq!(new, old, "{shown}"),
+        (new, old) => panic!("{shown}: {new:?} but {old:?}"),
+    };
+    assert_eq!(new.clone().into_dyn(), old.clone().into_dyn(), "{shown}");
+    for dtype in DTYPES {
+        assert_eq!(
+            typed(new.clone(), dtype),
+            old.clone().into_array_of(dtype),
+            "{shown} as {dtype}"
+        );
     }
 }
