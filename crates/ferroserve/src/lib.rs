@@ -43,6 +43,7 @@
 //! | HTTP adapters (`json_to_ndarray`, `image_to_ndarray`, ...) | [`adapters`] |
 //! | status codes and messages | [`error`] |
 //! | request size and connection limits | [`limits`] |
+//! | giving freed memory back to the OS while serving | [`memory`] |
 //! | serve config YAML | [`config`] |
 //! | `import_path` | [`registry`] |
 //! | `serve run/deploy/status/config/build/shutdown` | [`cli`] |
@@ -50,7 +51,7 @@
 //! | `autoscaling_config` | [`autoscaling`] |
 //! | `check_health(self)`, replica replacement | [`health`], `deployment::supervisor` (internal) |
 //! | the REST API (`/api/serve/applications/`) | `admin` (internal) |
-//! | `/metrics` (Prometheus), access logs | [`metrics`] |
+//! | `/metrics` (Prometheus), access logs | [`metrics`], `access_log` (internal: the line writer) |
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
