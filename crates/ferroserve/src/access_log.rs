@@ -72,12 +72,13 @@ pub(crate) fn write_fast(record: &AccessRecord<'_>) -> bool {
         let Some(lines) = dispatch.downcast_ref::<AccessLines>() else {
             return false;
         };
-        LINE.with(|line| {
-            let mut line = line.borrow_mut();
-            line.clear();
-            format_line(&mut line, SystemTime::now(), record);
-            (lines.write)(line.as_bytes());
-        });
+        // The buffer is taken out while the writer runs, so a writer that itself ends up here
+        // (it logs a request of its own) gets a fresh one instead of a borrow panic.
+        let mut line = LINE.with(|line| std::mem::take(&mut *line.borrow_mut()));
+        line.clear();
+        format_line(&mut line, SystemTime::now(), record);
+        (lines.write)(line.as_bytes());
+        LINE.with(|slot| *slot.borrow_mut() = line);
         true
     })
 }
