@@ -29,10 +29,8 @@ pub(crate) async fn trim_periodically(interval: Duration, mut stop: watch::Recei
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
-            changed = stop.wait_for(|stopped| *stopped) => {
-                let _ = changed;
-                return;
-            }
+            // Stopped, or the server (the sender) is gone.
+            _ = stop.wait_for(|stopped| *stopped) => return,
         }
         let started = std::time::Instant::now();
         let released = trim();

@@ -363,7 +363,7 @@ pub(crate) async fn serve(
             let refused = refused.clone();
             // An HTTP/2 request keeps its connection from idling out until its response body
             // is done (see `conn::ClientStream`); HTTP/1.1 idleness is hyper's to time.
-            let stream = (req.version() == http::Version::HTTP_2)
+            let h2_stream = (req.version() == http::Version::HTTP_2)
                 .then(|| crate::conn::OpenStream::new(&open));
             async move {
                 let response = handle(state, req).await;
@@ -371,7 +371,7 @@ pub(crate) async fn serve(
                     // The body is (partly) unread: close gently (see `conn::ClientStream`).
                     refused.store(true, Ordering::Relaxed);
                 }
-                let response = match stream {
+                let response = match h2_stream {
                     Some(open) => crate::conn::hold_until_sent(response, open),
                     None => response,
                 };

@@ -53,7 +53,7 @@ pub struct HttpOptions {
     /// Request size and connection limits (see [`crate::limits`]).
     pub limits: Limits,
     /// How often the running server gives freed heap memory back to the OS (see
-    /// [`crate::memory`]). Default 1 s; `None` never does.
+    /// [`crate::memory`]). Default 1 s; `None` (or zero) never does.
     pub memory_trim_interval: Option<Duration>,
 }
 
@@ -212,7 +212,7 @@ impl Serve {
     }
 
     /// How often the running server gives freed heap memory back to the OS (default 1 s;
-    /// `None` never does, e.g. with a global allocator that returns memory itself). See
+    /// `None` or zero never does, e.g. with a global allocator that returns memory itself). See
     /// [`crate::memory`].
     pub fn memory_trim_interval(mut self, interval: Option<Duration>) -> Self {
         self.options.memory_trim_interval = interval;
