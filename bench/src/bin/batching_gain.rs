@@ -52,7 +52,7 @@ struct Predict(u64);
 impl Handles<Predict> for Model {
     type Output = u64;
 
-    async fn handle(&self, Predict(x): Predict) -> u64 {
+    async fn call(&self, Predict(x): Predict) -> u64 {
         match &self.batch {
             Some(batch) => batch.call(x).await.expect("batch succeeds"),
             None => self.accelerator.infer(vec![x]).await[0],

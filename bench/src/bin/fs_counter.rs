@@ -29,7 +29,7 @@ fn main() -> Result<(), ferroserve::Error> {
     if has("log-warn") {
         logging.log_level = ferroserve::config::LogLevel::Warning;
     }
-    ferroserve::serve::init_logging_with(&logging);
+    ferroserve::logging::init_logging_with(&logging);
     let mut serve = Serve::new().app(app).access_log(!no_access_log);
     if no_metrics {
         serve = serve.metrics_path(None);

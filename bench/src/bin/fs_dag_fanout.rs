@@ -20,7 +20,7 @@ struct Vector(Vec<f64>);
 impl Handles<Vector> for Adder {
     type Output = f64;
 
-    async fn handle(&self, Vector(xs): Vector) -> f64 {
+    async fn call(&self, Vector(xs): Vector) -> f64 {
         xs.iter().sum()
     }
 }
@@ -28,7 +28,7 @@ impl Handles<Vector> for Adder {
 impl Handles<Vector> for Squarer {
     type Output = f64;
 
-    async fn handle(&self, Vector(xs): Vector) -> f64 {
+    async fn call(&self, Vector(xs): Vector) -> f64 {
         xs.iter().map(|x| x * x).sum()
     }
 }

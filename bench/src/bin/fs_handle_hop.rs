@@ -17,7 +17,7 @@ struct Sum(Vec<f64>);
 impl Handles<Sum> for Adder {
     type Output = f64;
 
-    async fn handle(&self, Sum(xs): Sum) -> f64 {
+    async fn call(&self, Sum(xs): Sum) -> f64 {
         xs.iter().sum()
     }
 }

@@ -1,6 +1,6 @@
 //! The `iris` scenario: what `ferroserve run apps/iris/serve.yaml` does (the CLI's `run`
 //! command), without building the CLI: the same config file, the same registry entry
-//! (`ferroserve.onnx:app` → [`ferroserve::onnx::app`]), logging from the config, and
+//! (`ferroserve.onnx:app` → [`ferroserve_onnx::app`]), logging from the config, and
 //! `Serve::from_config_file(..).run()` on a multi-threaded runtime.
 //!
 //! Listens on `127.0.0.1:$FERROSERVE_PORT` (overriding the config's port 8000, as
@@ -18,10 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     std::env::set_current_dir(&root)?;
     let registry = Registry::new().register("ferroserve.onnx:app", |args: Args| {
-        ferroserve::onnx::app(args.parse()?)
+        ferroserve_onnx::app(args.parse()?)
     });
     let mut serve = Serve::from_config_file(Path::new("apps/iris/serve.yaml"), registry)?;
-    ferroserve::serve::init_logging_with(serve.logging_config().unwrap_or(&Default::default()));
+    ferroserve::logging::init_logging_with(serve.logging_config().unwrap_or(&Default::default()));
     if let Some(port) = std::env::var("FERROSERVE_PORT")
         .ok()
         .and_then(|p| p.parse::<u16>().ok())

@@ -98,8 +98,8 @@ impl Ingress for Bounded {
 }
 
 fn main() -> Result<(), ferroserve::Error> {
-    ferroserve::serve::init_logging();
-    let port = std::env::var(ferroserve::serve::PORT_ENV)
+    ferroserve::logging::init_logging();
+    let port = std::env::var(ferroserve::server::PORT_ENV)
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(8000);

@@ -1,8 +1,9 @@
-//! The `ferroserve` command: run, deploy and inspect ferroserve applications from config files.
-//! See `ferroserve::cli` for the commands and exit codes.
+//! The `ferroserve` command: run, deploy and inspect ferroserve applications from config files,
+//! with the built-in applications. See the `ferroserve_cli` library for the commands and exit
+//! codes.
 
 mod builtins;
 
 fn main() -> std::process::ExitCode {
-    ferroserve::cli::main(builtins::registry())
+    ferroserve_cli::main(builtins::registry())
 }

@@ -14,12 +14,19 @@ fn ferroserve() -> Command {
     Command::new(env!("CARGO_BIN_EXE_ferroserve"))
 }
 
+/// The `reconfigure` example: a binary of its own (a threshold classifier with `user_config`)
+/// with the whole CLI through `ferroserve_cli::main`, as a user's binary has it.
+fn reconfigure() -> Command {
+    Command::new(ferroserve_test_support::example_path("reconfigure"))
+}
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A `ferroserve run` process on ephemeral ports.
+/// A `run` process on ephemeral ports, and the binary that started it.
 struct Running {
+    binary: fn() -> Command,
     child: Child,
     base: String,
     admin: String,
@@ -60,14 +67,15 @@ fn fastrand_u64() -> u64 {
 }
 
 impl Running {
+    /// The `reconfigure` example running `config`.
     fn start(config: &str) -> Running {
         let dir = TempDir::new("run");
         let path = dir.write("serve.yaml", config);
-        Running::start_file(&path, dir)
+        Running::start_file(reconfigure, &path, dir)
     }
 
-    fn start_file(path: &Path, dir: TempDir) -> Running {
-        let mut child = ferroserve()
+    fn start_file(binary: fn() -> Command, path: &Path, dir: TempDir) -> Running {
+        let mut child = binary()
             .arg("run")
             .arg(path)
             .args(["--port", "0", "--admin-port", "0"])
@@ -100,6 +108,7 @@ impl Running {
         }
         std::thread::spawn(move || while rx.recv().is_ok() {});
         Running {
+            binary,
             child,
             base: base.unwrap(),
             admin: admin.unwrap(),
@@ -108,7 +117,7 @@ impl Running {
     }
 
     fn cli(&self, args: &[&str]) -> Output {
-        let mut cmd = ferroserve();
+        let mut cmd = (self.binary)();
         cmd.args(args).args(["--address", &self.admin]);
         cmd.current_dir(repo()).output().unwrap()
     }
@@ -142,7 +151,7 @@ fn text(bytes: &[u8]) -> String {
 
 fn threshold_config(version: &str, replicas: usize, threshold: f64) -> String {
     format!(
-        "applications:\n  - name: threshold\n    route_prefix: /t\n    import_path: ferroserve.examples.reconfigure:app\n    args: {{version: {version}}}\n    deployments:\n      - name: Threshold\n        num_replicas: {replicas}\n        user_config: {{threshold: {threshold}}}\n"
+        "applications:\n  - name: threshold\n    route_prefix: /t\n    import_path: reconfigure:app\n    args: {{version: {version}}}\n    deployments:\n      - name: Threshold\n        num_replicas: {replicas}\n        user_config: {{threshold: {threshold}}}\n"
     )
 }
 
@@ -216,7 +225,7 @@ fn run_rejects_an_invalid_config_with_file_line_and_path() {
     let dir = TempDir::new("bad");
     let path = dir.write(
         "serve.yaml",
-        "applications:\n  - name: t\n    import_path: ferroserve.examples.counter:app\n    deployments:\n      - name: Counter\n        num_replicas: 0\n",
+        "applications:\n  - name: t\n    import_path: ferroserve.echo:app\n    deployments:\n      - name: Echo\n        num_replicas: 0\n",
     );
     let out = ferroserve().arg("run").arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -240,20 +249,15 @@ fn run_rejects_an_invalid_config_with_file_line_and_path() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("applications[0].import_path: import_path 'nowhere:app' is not registered in this binary; registered: ferroserve.examples.counter:app, ferroserve.examples.reconfigure:app, ferroserve.onnx:app"),
+        err.contains("applications[0].import_path: import_path 'nowhere:app' is not registered in this binary; registered: ferroserve.echo:app, ferroserve.onnx:app"),
         "{err}"
     );
 }
 
 #[test]
 fn build_writes_a_config_with_every_default_that_runs() {
-    let out = ferroserve()
-        .args([
-            "build",
-            "ferroserve.examples.reconfigure:app",
-            "--args",
-            r#"{"version": "v1"}"#,
-        ])
+    let out = reconfigure()
+        .args(["build", "reconfigure:app", "--args", r#"{"version": "v1"}"#])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -261,7 +265,7 @@ fn build_writes_a_config_with_every_default_that_runs() {
     let config = ferroserve::config::ServeConfig::parse(&yaml, "built.yaml").unwrap();
     assert_eq!(config.http_options.port, 8000);
     let app = &config.applications[0];
-    assert_eq!(app.import_path, "ferroserve.examples.reconfigure:app");
+    assert_eq!(app.import_path, "reconfigure:app");
     assert_eq!(app.args["version"], "v1");
     let d = &app.deployments[0];
     assert_eq!(d.name, "Threshold");
@@ -273,10 +277,7 @@ fn build_writes_a_config_with_every_default_that_runs() {
     let out = ferroserve().arg("build").output().unwrap();
     assert!(out.status.success());
     let config = ferroserve::config::ServeConfig::parse(&text(&out.stdout), "all.yaml").unwrap();
-    assert_eq!(
-        config.applications[0].import_path,
-        "ferroserve.examples.counter:app"
-    );
+    assert_eq!(config.applications[0].import_path, "ferroserve.echo:app");
     assert_eq!(config.applications.len(), 1, "the others need args");
     assert_eq!(config.applications[0].route_prefix.as_deref(), Some("/"));
 }
@@ -297,10 +298,7 @@ async fn status_config_routes_and_shutdown_against_a_running_server() {
     let out = server.cli(&["config"]);
     assert!(out.status.success());
     let config = ferroserve::config::ServeConfig::parse(&text(&out.stdout), "running").unwrap();
-    assert_eq!(
-        config.applications[0].import_path,
-        "ferroserve.examples.reconfigure:app"
-    );
+    assert_eq!(config.applications[0].import_path, "reconfigure:app");
     assert_eq!(config.applications[0].deployments[0].num_replicas, Some(2));
 
     let out = ferroserve()
@@ -370,7 +368,7 @@ async fn deploy_applies_user_config_and_replica_counts_in_place() {
 async fn deploy_rejects_bad_configs_and_changes_nothing() {
     let server = Running::start(&threshold_config("v1", 2, 0.5));
     let out = server.deploy(
-        "applications:\n  - name: threshold\n    route_prefix: /t\n    import_path: ferroserve.examples.reconfigure:app\n    args: {version: v1}\n    deployments:\n      - name: Threshold\n        user_config: {thresh: 1}\n",
+        "applications:\n  - name: threshold\n    route_prefix: /t\n    import_path: reconfigure:app\n    args: {version: v1}\n    deployments:\n      - name: Threshold\n        user_config: {thresh: 1}\n",
     );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
@@ -380,7 +378,7 @@ async fn deploy_rejects_bad_configs_and_changes_nothing() {
         "{err}"
     );
     let out = server.deploy(
-        "applications:\n  - name: threshold\n    import_path: ferroserve.examples.reconfigure:app\n    args: {version: 3}\n",
+        "applications:\n  - name: threshold\n    import_path: reconfigure:app\n    args: {version: 3}\n",
     );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
@@ -391,7 +389,7 @@ async fn deploy_rejects_bad_configs_and_changes_nothing() {
         "{err}"
     );
     let out = server.deploy(
-        "applications:\n  - name: threshold\n    import_path: ferroserve.examples.reconfigure:app\n    args: {version: v1}\n    deployments:\n      - name: Model\n",
+        "applications:\n  - name: threshold\n    import_path: reconfigure:app\n    args: {version: v1}\n    deployments:\n      - name: Model\n",
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains(
@@ -403,7 +401,7 @@ async fn deploy_rejects_bad_configs_and_changes_nothing() {
     // The admin API itself: a JSON body, and the error's structure.
     let answer = reqwest::Client::new()
         .put(format!("http://{}/api/serve/applications/", server.admin))
-        .body(r#"{"applications": [{"name": "threshold", "import_path": "ferroserve.examples.reconfigure:app", "args": {"version": "v1"}, "deployments": [{"name": "Threshold", "max_ongoing_requests": 0}]}]}"#)
+        .body(r#"{"applications": [{"name": "threshold", "import_path": "reconfigure:app", "args": {"version": "v1"}, "deployments": [{"name": "Threshold", "max_ongoing_requests": 0}]}]}"#)
         .send()
         .await
         .unwrap();
@@ -503,7 +501,7 @@ async fn changing_args_rolls_replicas_over_under_load_with_zero_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_iris_app_serves_predictions_from_its_config() {
     let dir = TempDir::new("iris");
-    let server = Running::start_file(&repo().join("apps/iris/serve.yaml"), dir);
+    let server = Running::start_file(ferroserve, &repo().join("apps/iris/serve.yaml"), dir);
     let client = reqwest::Client::new();
     let answer: Value = client
         .post(format!("{}/iris/predict", server.base))
@@ -542,4 +540,33 @@ async fn the_iris_app_serves_predictions_from_its_config() {
     let status = server.status().await;
     let model = &status["applications"]["iris"]["deployments"]["Model"];
     assert_eq!(model["replica_states"]["RUNNING"], 2, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_echo_app_answers_with_the_request_it_received() {
+    let dir = TempDir::new("echo");
+    let path = dir.write(
+        "serve.yaml",
+        "applications:\n  - name: echo\n    route_prefix: /e\n    import_path: ferroserve.echo:app\n",
+    );
+    let server = Running::start_file(ferroserve, &path, TempDir::new("echo-run"));
+    let answer: Value = reqwest::Client::new()
+        .post(format!("{}/e/a/b?x=1&y=2", server.base))
+        .header("x-token", "t")
+        .body("hello")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["method"], "POST");
+    assert_eq!(answer["path"], "/a/b");
+    assert_eq!(answer["root_path"], "/e");
+    assert_eq!(
+        answer["query_params"],
+        serde_json::json!({"x": "1", "y": "2"})
+    );
+    assert_eq!(answer["headers"]["x-token"], "t");
+    assert_eq!(answer["body"], "hello");
 }

@@ -19,7 +19,7 @@ struct Sum(Vec<f64>);
 impl Handles<Sum> for Adder {
     type Output = (f64, String);
 
-    async fn handle(&self, Sum(xs): Sum) -> (f64, String) {
+    async fn call(&self, Sum(xs): Sum) -> (f64, String) {
         (xs.iter().sum(), self.replica.clone())
     }
 }

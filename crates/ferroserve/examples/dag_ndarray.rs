@@ -20,7 +20,7 @@ struct Forward(DynArray);
 impl Handles<Forward> for Model {
     type Output = Value;
 
-    async fn handle(&self, Forward(array): Forward) -> Value {
+    async fn call(&self, Forward(array): Forward) -> Value {
         array.sum_value()
     }
 }

@@ -5,7 +5,7 @@
 //! | `GET /api/serve/applications/` | `200` JSON: `http_options`, `applications` (status, message, deployments, replicas, deployed config) and `config` (the running config) |
 //! | `PUT /api/serve/applications/` with a config (YAML or JSON) | applies it and answers `200` with the new status once applied; `400` `{"error", "issues": [{line, column, path, message}]}` when the config is invalid, with nothing changed |
 //! | `DELETE /api/serve/applications/` | `200`, then the server drains and exits as on SIGTERM |
-//! | `GET /metrics` | `200`: the proxy's Prometheus metrics (see [`crate::metrics`]), wherever the proxy serves them |
+//! | `GET /metrics` | `200`: the proxy's Prometheus metrics (see [`ferroserve_http::metrics`]), wherever the proxy serves them |
 //!
 //! Config bodies are limited to 1 MiB (`413` beyond).
 
@@ -21,9 +21,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use ferroserve_http::proxy::ProxyState;
+
 use crate::config::ServeConfig;
 use crate::controller::Controller;
-use crate::proxy::ProxyState;
 
 const MAX_CONFIG_BYTES: usize = 1 << 20;
 
@@ -34,8 +35,8 @@ struct Admin {
     stop: Arc<Notify>,
 }
 
-/// Serves the admin API until the task is aborted.
-pub(crate) async fn serve(
+/// Serves the admin API on `listener` until the task is aborted.
+pub(crate) async fn listen(
     listener: TcpListener,
     proxy: Arc<ProxyState>,
     controller: Arc<Controller>,

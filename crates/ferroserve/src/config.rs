@@ -30,7 +30,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use serde_saphyr::Spanned;
 
-use crate::app::validate_route_prefix;
+use ferroserve_core::autoscaling::AutoscalingOptions;
+use ferroserve_core::DeploymentOptions;
+use ferroserve_http::app::{check_apps, AppClash};
+use ferroserve_http::limits::Limits;
+use ferroserve_http::metrics::{validate_metrics_path, DEFAULT_METRICS_PATH};
+use ferroserve_http::route::validate_root_path;
+
+use crate::options::HttpOptions;
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -51,128 +58,109 @@ pub struct ServeConfig {
     pub applications: Vec<AppConfig>,
 }
 
-/// `http_options`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `http_options`: the proxy's address and request handling, and the request limits (every
+/// field of [`Limits`], flat, as Ray's `http_options`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HttpOptionsConfig {
     /// Default `127.0.0.1`.
-    #[serde(default = "default_host")]
     pub host: String,
     /// Default `8000`; `0` picks a free port.
-    #[serde(default = "default_port")]
     pub port: u16,
     /// End-to-end timeout per request; `null` (the default) waits forever.
-    #[serde(default)]
     pub request_timeout_s: Option<f64>,
     /// Idle keep-alive, request head and first-bytes timeout: a connection that sends no
     /// (complete) request head within it is closed. Default 5.
-    #[serde(default = "default_keep_alive")]
     pub keep_alive_timeout_s: f64,
     /// A path the whole server is mounted under (behind a reverse proxy), e.g. `/serve`:
     /// `/serve/iris/predict` reaches application `/iris`. Default `""`.
-    #[serde(default)]
     pub root_path: String,
     /// Where the proxy answers with Prometheus metrics. Default `/metrics`; `null` turns
     /// metrics off (no endpoint, no collection).
-    #[serde(default = "default_metrics_path")]
     pub metrics_path: Option<String>,
-    /// Largest request body in bytes; `413` beyond it. Default 16 MiB (see [`crate::limits`]).
-    #[serde(default = "limit::body")]
-    pub max_request_body_bytes: u64,
-    /// Largest request head (HTTP/1.1) or header list (HTTP/2) in bytes; `431` beyond it.
-    /// Default 64 KiB, at least 8192.
-    #[serde(default = "limit::header_bytes")]
-    pub max_header_bytes: usize,
-    /// Most headers in one request; `431` beyond it. Default 100.
-    #[serde(default = "limit::headers")]
-    pub max_headers: usize,
-    /// Most connections open at once; more wait in the listen queue. Default 10000.
-    #[serde(default = "limit::connections")]
-    pub max_connections: usize,
-    /// Largest WebSocket message in bytes; the socket closes with `1009` beyond it. Default
-    /// 16 MiB.
-    #[serde(default = "limit::websocket")]
-    pub max_websocket_message_bytes: usize,
-    /// Largest uploaded image (width × height) the image adapter decodes; `413` beyond it.
-    /// Default 40000000.
-    #[serde(default = "limit::pixels")]
-    pub max_image_pixels: u64,
-    /// Most elements in one `json_to_ndarray` array; `422` beyond it. Default 16777216.
-    #[serde(default = "limit::elements")]
-    pub max_array_elements: u64,
-    /// Most parts in one multipart body; `413` beyond it. Default 1000.
-    #[serde(default = "limit::parts")]
-    pub max_multipart_parts: usize,
-    /// Largest part of a multipart body in bytes; `413` beyond it. Default 16 MiB.
-    #[serde(default = "limit::part_bytes")]
-    pub max_multipart_part_bytes: u64,
-}
-
-/// Defaults of the `http_options` limits, from [`crate::Limits::default`].
-mod limit {
-    use crate::Limits;
-    pub(super) fn body() -> u64 {
-        Limits::default().max_request_body_bytes
-    }
-    pub(super) fn header_bytes() -> usize {
-        Limits::default().max_header_bytes
-    }
-    pub(super) fn headers() -> usize {
-        Limits::default().max_headers
-    }
-    pub(super) fn connections() -> usize {
-        Limits::default().max_connections
-    }
-    pub(super) fn websocket() -> usize {
-        Limits::default().max_websocket_message_bytes
-    }
-    pub(super) fn pixels() -> u64 {
-        Limits::default().max_image_pixels
-    }
-    pub(super) fn elements() -> u64 {
-        Limits::default().max_array_elements
-    }
-    pub(super) fn parts() -> usize {
-        Limits::default().max_multipart_parts
-    }
-    pub(super) fn part_bytes() -> u64 {
-        Limits::default().max_multipart_part_bytes
-    }
-}
-
-fn default_metrics_path() -> Option<String> {
-    Some(crate::metrics::DEFAULT_METRICS_PATH.to_owned())
-}
-
-fn default_host() -> String {
-    "127.0.0.1".to_owned()
-}
-fn default_port() -> u16 {
-    8000
-}
-fn default_keep_alive() -> f64 {
-    5.0
+    /// The request limits (`max_request_body_bytes`, ...; see [`ferroserve_http::limits`]).
+    #[serde(flatten)]
+    pub limits: Limits,
 }
 
 impl Default for HttpOptionsConfig {
     fn default() -> Self {
         HttpOptionsConfig {
             host: default_host(),
-            port: default_port(),
+            port: 8000,
             request_timeout_s: None,
-            keep_alive_timeout_s: default_keep_alive(),
+            keep_alive_timeout_s: 5.0,
             root_path: String::new(),
-            metrics_path: default_metrics_path(),
-            max_request_body_bytes: limit::body(),
-            max_header_bytes: limit::header_bytes(),
-            max_headers: limit::headers(),
-            max_connections: limit::connections(),
-            max_websocket_message_bytes: limit::websocket(),
-            max_image_pixels: limit::pixels(),
-            max_array_elements: limit::elements(),
-            max_multipart_parts: limit::parts(),
-            max_multipart_part_bytes: limit::part_bytes(),
+            metrics_path: Some(DEFAULT_METRICS_PATH.to_owned()),
+            limits: Limits::default(),
         }
+    }
+}
+
+fn default_host() -> String {
+    "127.0.0.1".to_owned()
+}
+
+/// The fields of `http_options` that are not limits.
+const HTTP_FIELDS: [&str; 6] = [
+    "host",
+    "port",
+    "request_timeout_s",
+    "keep_alive_timeout_s",
+    "root_path",
+    "metrics_path",
+];
+
+/// Every field `http_options` takes, for "unknown field" messages.
+fn http_options_fields() -> &'static [&'static str] {
+    static FIELDS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    FIELDS.get_or_init(|| HTTP_FIELDS.iter().chain(Limits::FIELDS).copied().collect())
+}
+
+/// Read field by field (not derived): the limits are flat among the other options, yet written
+/// once, in [`Limits`]; unknown and repeated fields are errors at their own line.
+impl<'de> Deserialize<'de> for HttpOptionsConfig {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = HttpOptionsConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the http_options mapping")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = HttpOptionsConfig::default();
+                let mut seen: Vec<&'static str> = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let Some(&field) = http_options_fields().iter().find(|f| **f == key) else {
+                        return Err(de::Error::unknown_field(&key, http_options_fields()));
+                    };
+                    if seen.contains(&field) {
+                        return Err(de::Error::duplicate_field(field));
+                    }
+                    seen.push(field);
+                    match field {
+                        "host" => out.host = map.next_value()?,
+                        "port" => out.port = map.next_value()?,
+                        "request_timeout_s" => out.request_timeout_s = map.next_value()?,
+                        "keep_alive_timeout_s" => out.keep_alive_timeout_s = map.next_value()?,
+                        "root_path" => out.root_path = map.next_value()?,
+                        "metrics_path" => out.metrics_path = map.next_value()?,
+                        limit => map.next_value_seed(LimitField(&mut out.limits, limit))?,
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Reads one limit into [`Limits`].
+struct LimitField<'a>(&'a mut Limits, &'static str);
+
+impl<'de> de::DeserializeSeed<'de> for LimitField<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.0.deserialize_field(self.1, d).map(drop)
     }
 }
 
@@ -464,7 +452,7 @@ impl ServeConfig {
         if issues.is_empty() {
             return Ok(config);
         }
-        let issues = issues
+        let mut issues: Vec<ConfigIssue> = issues
             .into_iter()
             .map(|(path, message)| {
                 let (line, column) = tree
@@ -479,6 +467,8 @@ impl ServeConfig {
                 }
             })
             .collect();
+        // In file order (validation finds them section by section).
+        issues.sort_by_key(|i| (i.line.is_none(), i.line, i.column));
         Err(ConfigError {
             file: file.to_owned(),
             issues,
@@ -507,215 +497,223 @@ impl ServeConfig {
     /// Checks the rules serde cannot: ranges, uniqueness, prefixes, exclusive fields. Returns
     /// `(field path, message)` pairs.
     pub fn validate(&self) -> Vec<(String, String)> {
-        let mut issues = Vec::new();
-        let mut issue = |path: String, message: String| issues.push((path, message));
-        let http = &self.http_options;
-        if let Some(t) = http.request_timeout_s {
-            positive(&mut issue, "http_options.request_timeout_s".into(), t);
+        let mut issues = Issues::default();
+        self.http_options.validate(&mut issues);
+        self.validate_apps(&mut issues);
+        for (i, app) in self.applications.iter().enumerate() {
+            app.validate_deployments(i, &mut issues);
         }
-        positive(
-            &mut issue,
-            "http_options.keep_alive_timeout_s".into(),
-            http.keep_alive_timeout_s,
-        );
-        if http.max_header_bytes < crate::limits::MIN_HEADER_BYTES {
-            issue(
-                "http_options.max_header_bytes".into(),
-                format!(
-                    "must be at least {}, got {}",
-                    crate::limits::MIN_HEADER_BYTES,
-                    http.max_header_bytes
+        issues.0
+    }
+
+    /// Names and route prefixes of the applications, and their import paths.
+    fn validate_apps(&self, issues: &mut Issues) {
+        let apps: Vec<(&str, Option<&str>)> = self
+            .applications
+            .iter()
+            .map(|a| (a.name.as_str(), a.route_prefix.as_deref()))
+            .collect();
+        let at = |i: usize, field: &str| format!("applications[{i}].{field}");
+        for clash in check_apps(&apps) {
+            match clash {
+                AppClash::EmptyName { index } => issues.add(at(index, "name"), "must not be empty"),
+                AppClash::BadPrefix { index, message } => {
+                    issues.add(at(index, "route_prefix"), message)
+                }
+                AppClash::DuplicateName { index, first } => issues.add(
+                    at(index, "name"),
+                    format!(
+                        "duplicate application name '{}' (also applications[{first}])",
+                        apps[index].0
+                    ),
                 ),
-            );
-        }
-        for (field, value) in [
-            ("max_headers", http.max_headers),
-            ("max_connections", http.max_connections),
-            ("max_multipart_parts", http.max_multipart_parts),
-        ] {
-            if value == 0 {
-                issue(
-                    format!("http_options.{field}"),
-                    "must be at least 1, got 0".into(),
-                );
-            }
-        }
-        let root = &http.root_path;
-        if !root.is_empty()
-            && (!root.starts_with('/') || root.ends_with('/') || root.contains(['{', '}']))
-        {
-            issue(
-                "http_options.root_path".into(),
-                format!("must be empty or start with '/' and not end with '/', got '{root}'"),
-            );
-        }
-        if let Some(path) = &http.metrics_path {
-            if let Err(e) = crate::metrics::validate_metrics_path(path) {
-                issue("http_options.metrics_path".into(), e);
+                AppClash::DuplicatePrefix { index, first } => issues.add(
+                    at(index, "route_prefix"),
+                    format!(
+                        "duplicate route_prefix '{}' (also applications[{first}])",
+                        apps[index].1.unwrap_or_default()
+                    ),
+                ),
             }
         }
         for (i, app) in self.applications.iter().enumerate() {
-            let at = |field: &str| format!("applications[{i}].{field}");
-            if app.name.is_empty() {
-                issue(at("name"), "must not be empty".into());
+            if app.import_path.trim().is_empty() {
+                issues.add(
+                    at(i, "import_path"),
+                    "must name a registered application builder",
+                );
             }
-            if let Some(j) = self.applications[..i]
-                .iter()
-                .position(|a| a.name == app.name)
-            {
-                issue(
+        }
+    }
+}
+
+/// Issues found by validation, in the order found: `(field path, message)`.
+#[derive(Default)]
+struct Issues(Vec<(String, String)>);
+
+impl Issues {
+    fn add(&mut self, path: String, message: impl Into<String>) {
+        self.0.push((path, message.into()));
+    }
+
+    /// `v` must be a number of seconds greater than 0 that a `Duration` can hold.
+    fn positive(&mut self, path: String, v: f64) {
+        if !(v.is_finite() && v > 0.0) {
+            self.add(path, format!("must be a number greater than 0, got {v}"));
+        } else if Duration::try_from_secs_f64(v).is_err() {
+            self.add(path, format!("must be at most {MAX_SECONDS:e}, got {v:e}"));
+        }
+    }
+
+    /// `v` must be a number of seconds at least 0 that a `Duration` can hold.
+    fn non_negative(&mut self, path: String, v: f64) {
+        if !(v.is_finite() && v >= 0.0) {
+            self.add(path, format!("must be a number at least 0, got {v}"));
+        } else if Duration::try_from_secs_f64(v).is_err() {
+            self.add(path, format!("must be at most {MAX_SECONDS:e}, got {v:e}"));
+        }
+    }
+}
+
+impl HttpOptionsConfig {
+    /// Timeouts, limits, the root path and the metrics path.
+    fn validate(&self, issues: &mut Issues) {
+        if let Some(t) = self.request_timeout_s {
+            issues.positive("http_options.request_timeout_s".into(), t);
+        }
+        issues.positive(
+            "http_options.keep_alive_timeout_s".into(),
+            self.keep_alive_timeout_s,
+        );
+        for (field, problem) in self.limits.problems() {
+            issues.add(format!("http_options.{field}"), problem);
+        }
+        if let Err(e) = validate_root_path(&self.root_path) {
+            issues.add("http_options.root_path".into(), e);
+        }
+        if let Some(path) = &self.metrics_path {
+            if let Err(e) = validate_metrics_path(path) {
+                issues.add("http_options.metrics_path".into(), e);
+            }
+        }
+    }
+}
+
+impl AppConfig {
+    /// Application `i`'s deployment overrides: unique names, ranges, autoscaling bounds.
+    fn validate_deployments(&self, i: usize, issues: &mut Issues) {
+        for (k, d) in self.deployments.iter().enumerate() {
+            let at = |field: &str| format!("applications[{i}].deployments[{k}].{field}");
+            if d.name.is_empty() {
+                issues.add(at("name"), "must not be empty");
+            }
+            if let Some(j) = self.deployments[..k].iter().position(|o| o.name == d.name) {
+                issues.add(
                     at("name"),
                     format!(
-                        "duplicate application name '{}' (also applications[{j}])",
-                        app.name
+                        "duplicate deployment name '{}' (also deployments[{j}])",
+                        d.name
                     ),
                 );
             }
-            if let Some(prefix) = &app.route_prefix {
-                if let Err(e) = validate_route_prefix(prefix) {
-                    issue(at("route_prefix"), config_message(e));
-                } else if let Some(j) = self.applications[..i]
-                    .iter()
-                    .position(|a| a.route_prefix.as_deref() == Some(prefix))
-                {
-                    issue(
-                        at("route_prefix"),
-                        format!("duplicate route_prefix '{prefix}' (also applications[{j}])"),
+            d.validate_ranges(&at, issues);
+            if let Some(a) = &d.autoscaling_config {
+                if d.num_replicas.is_some() {
+                    issues.add(
+                        at("num_replicas"),
+                        "cannot be set together with autoscaling_config; set \
+                         autoscaling_config.initial_replicas instead",
                     );
                 }
-            }
-            if app.import_path.trim().is_empty() {
-                issue(
-                    at("import_path"),
-                    "must name a registered application builder".into(),
-                );
-            }
-            for (k, d) in app.deployments.iter().enumerate() {
-                let at = |field: &str| format!("applications[{i}].deployments[{k}].{field}");
-                if d.name.is_empty() {
-                    issue(at("name"), "must not be empty".into());
-                }
-                if let Some(j) = app.deployments[..k].iter().position(|o| o.name == d.name) {
-                    issue(
-                        at("name"),
-                        format!(
-                            "duplicate deployment name '{}' (also deployments[{j}])",
-                            d.name
-                        ),
-                    );
-                }
-                if d.num_replicas == Some(0) {
-                    issue(at("num_replicas"), "must be at least 1, got 0".into());
-                }
-                if d.max_ongoing_requests == Some(0) {
-                    issue(
-                        at("max_ongoing_requests"),
-                        "must be at least 1, got 0".into(),
-                    );
-                }
-                if let Some(q) = d.max_queued_requests {
-                    if q == 0 || q < -1 {
-                        issue(
-                            at("max_queued_requests"),
-                            format!("must be -1 (unlimited) or at least 1, got {q}"),
-                        );
-                    }
-                }
-                for (field, v) in [
-                    ("health_check_period_s", d.health_check_period_s),
-                    ("health_check_timeout_s", d.health_check_timeout_s),
-                ] {
-                    if let Some(v) = v {
-                        positive(&mut issue, at(field), v);
-                    }
-                }
-                if let Some(v) = d.graceful_shutdown_timeout_s {
-                    non_negative(&mut issue, at("graceful_shutdown_timeout_s"), v);
-                }
-                if let Some(a) = &d.autoscaling_config {
-                    let at = |field: &str| {
-                        format!("applications[{i}].deployments[{k}].autoscaling_config.{field}")
-                    };
-                    if d.num_replicas.is_some() {
-                        issue(
-                            format!("applications[{i}].deployments[{k}].num_replicas"),
-                            "cannot be set together with autoscaling_config; set \
-                             autoscaling_config.initial_replicas instead"
-                                .into(),
-                        );
-                    }
-                    if a.max_replicas == 0 {
-                        issue(at("max_replicas"), "must be at least 1, got 0".into());
-                    }
-                    if a.min_replicas > a.max_replicas {
-                        issue(
-                            at("min_replicas"),
-                            format!(
-                                "must be at most max_replicas ({}), got {}",
-                                a.max_replicas, a.min_replicas
-                            ),
-                        );
-                    }
-                    if let Some(initial) = a.initial_replicas {
-                        if initial < a.min_replicas || initial > a.max_replicas {
-                            issue(
-                                at("initial_replicas"),
-                                format!(
-                                    "must be between min_replicas ({}) and max_replicas ({}), got {initial}",
-                                    a.min_replicas, a.max_replicas
-                                ),
-                            );
-                        }
-                    }
-                    positive(
-                        &mut issue,
-                        at("target_ongoing_requests"),
-                        a.target_ongoing_requests,
-                    );
-                    positive(&mut issue, at("look_back_period_s"), a.look_back_period_s);
-                    non_negative(&mut issue, at("upscale_delay_s"), a.upscale_delay_s);
-                    non_negative(&mut issue, at("downscale_delay_s"), a.downscale_delay_s);
-                }
+                a.validate(&|field| at(&format!("autoscaling_config.{field}")), issues);
             }
         }
-        issues
+    }
+}
+
+impl DeploymentConfig {
+    /// Replica counts, queue size and timeouts.
+    fn validate_ranges(&self, at: &dyn Fn(&str) -> String, issues: &mut Issues) {
+        if self.num_replicas == Some(0) {
+            issues.add(at("num_replicas"), "must be at least 1, got 0");
+        }
+        if self.max_ongoing_requests == Some(0) {
+            issues.add(at("max_ongoing_requests"), "must be at least 1, got 0");
+        }
+        if let Some(q) = self.max_queued_requests {
+            if q == 0 || q < -1 {
+                issues.add(
+                    at("max_queued_requests"),
+                    format!("must be -1 (unlimited) or at least 1, got {q}"),
+                );
+            }
+        }
+        for (field, v) in [
+            ("health_check_period_s", self.health_check_period_s),
+            ("health_check_timeout_s", self.health_check_timeout_s),
+        ] {
+            if let Some(v) = v {
+                issues.positive(at(field), v);
+            }
+        }
+        if let Some(v) = self.graceful_shutdown_timeout_s {
+            issues.non_negative(at("graceful_shutdown_timeout_s"), v);
+        }
+    }
+}
+
+impl AutoscalingConfig {
+    /// Bounds that agree with each other, and positive periods.
+    fn validate(&self, at: &dyn Fn(&str) -> String, issues: &mut Issues) {
+        if self.max_replicas == 0 {
+            issues.add(at("max_replicas"), "must be at least 1, got 0");
+        }
+        if self.min_replicas > self.max_replicas {
+            issues.add(
+                at("min_replicas"),
+                format!(
+                    "must be at most max_replicas ({}), got {}",
+                    self.max_replicas, self.min_replicas
+                ),
+            );
+        }
+        if let Some(initial) = self.initial_replicas {
+            if initial < self.min_replicas || initial > self.max_replicas {
+                issues.add(
+                    at("initial_replicas"),
+                    format!(
+                        "must be between min_replicas ({}) and max_replicas ({}), got {initial}",
+                        self.min_replicas, self.max_replicas
+                    ),
+                );
+            }
+        }
+        issues.positive(at("target_ongoing_requests"), self.target_ongoing_requests);
+        issues.positive(at("look_back_period_s"), self.look_back_period_s);
+        issues.non_negative(at("upscale_delay_s"), self.upscale_delay_s);
+        issues.non_negative(at("downscale_delay_s"), self.downscale_delay_s);
     }
 }
 
 impl HttpOptionsConfig {
     /// The options as the server takes them.
-    pub fn to_options(&self) -> crate::HttpOptions {
-        crate::HttpOptions {
+    pub fn to_options(&self) -> HttpOptions {
+        HttpOptions {
             host: self.host.clone(),
             port: self.port,
             request_timeout: self.request_timeout_s.map(Duration::from_secs_f64),
             keep_alive_timeout: Duration::from_secs_f64(self.keep_alive_timeout_s),
             root_path: self.root_path.clone(),
             metrics_path: self.metrics_path.clone(),
-            limits: self.limits(),
+            limits: self.limits,
             ..Default::default()
-        }
-    }
-
-    /// The request limits these options set.
-    pub fn limits(&self) -> crate::Limits {
-        crate::Limits {
-            max_request_body_bytes: self.max_request_body_bytes,
-            max_header_bytes: self.max_header_bytes,
-            max_headers: self.max_headers,
-            max_connections: self.max_connections,
-            max_websocket_message_bytes: self.max_websocket_message_bytes,
-            max_image_pixels: self.max_image_pixels,
-            max_array_elements: self.max_array_elements,
-            max_multipart_parts: self.max_multipart_parts,
-            max_multipart_part_bytes: self.max_multipart_part_bytes,
         }
     }
 }
 
 impl DeploymentConfig {
     /// `base` (the code's options) with this entry's overrides applied.
-    pub fn apply_to(&self, base: &crate::DeploymentOptions) -> crate::DeploymentOptions {
+    pub fn apply_to(&self, base: &DeploymentOptions) -> DeploymentOptions {
         let mut options = base.clone();
         if let Some(n) = self.num_replicas {
             options.num_replicas = n;
@@ -745,8 +743,8 @@ impl DeploymentConfig {
     }
 }
 
-impl From<&crate::autoscaling::AutoscalingOptions> for AutoscalingConfig {
-    fn from(o: &crate::autoscaling::AutoscalingOptions) -> Self {
+impl From<&AutoscalingOptions> for AutoscalingConfig {
+    fn from(o: &AutoscalingOptions) -> Self {
         AutoscalingConfig {
             min_replicas: o.min_replicas,
             initial_replicas: o.initial_replicas,
@@ -761,8 +759,8 @@ impl From<&crate::autoscaling::AutoscalingOptions> for AutoscalingConfig {
 
 impl AutoscalingConfig {
     /// The options as a deployment takes them.
-    pub fn to_options(&self) -> crate::autoscaling::AutoscalingOptions {
-        crate::autoscaling::AutoscalingOptions {
+    pub fn to_options(&self) -> AutoscalingOptions {
+        AutoscalingOptions {
             min_replicas: self.min_replicas,
             max_replicas: self.max_replicas,
             initial_replicas: self.initial_replicas,
@@ -776,29 +774,6 @@ impl AutoscalingConfig {
 
 /// The most seconds a field may hold: what a `Duration` can (about 585 billion years).
 const MAX_SECONDS: f64 = u64::MAX as f64;
-
-fn positive(issue: &mut impl FnMut(String, String), path: String, v: f64) {
-    if !(v.is_finite() && v > 0.0) {
-        issue(path, format!("must be a number greater than 0, got {v}"));
-    } else if Duration::try_from_secs_f64(v).is_err() {
-        issue(path, format!("must be at most {MAX_SECONDS:e}, got {v:e}"));
-    }
-}
-
-fn non_negative(issue: &mut impl FnMut(String, String), path: String, v: f64) {
-    if !(v.is_finite() && v >= 0.0) {
-        issue(path, format!("must be a number at least 0, got {v}"));
-    } else if Duration::try_from_secs_f64(v).is_err() {
-        issue(path, format!("must be at most {MAX_SECONDS:e}, got {v:e}"));
-    }
-}
-
-fn config_message(e: crate::Error) -> String {
-    match e {
-        crate::Error::Config(m) => m,
-        other => other.to_string(),
-    }
-}
 
 /// serde-saphyr's messages start with `line L column C: `; we print the location ourselves.
 fn strip_location(message: &str) -> &str {
@@ -1107,6 +1082,31 @@ mod tests {
     }
 
     #[test]
+    fn http_options_take_every_limit_flat_and_refuse_unknown_or_repeated_fields() {
+        let c = ServeConfig::parse(
+            "http_options:\n  port: 1\n  max_image_pixels: 7\n  max_connections: 3\n",
+            "serve.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.http_options.port, 1);
+        assert_eq!(c.http_options.limits.max_image_pixels, 7);
+        assert_eq!(c.http_options.to_options().limits.max_connections, 3);
+        let yaml = c.to_yaml();
+        assert!(yaml.contains("max_image_pixels: 7"), "{yaml}");
+        assert_eq!(ServeConfig::parse(&yaml, "again").unwrap(), c);
+        let e = err("http_options:\n  port: 1\n  max_pixels: 7\n");
+        assert!(
+            e.starts_with("serve.yaml:3:3: http_options.max_pixels: unknown field `max_pixels`, expected one of host, port,"),
+            "{e}"
+        );
+        let e = err("http_options:\n  max_headers: 0\n");
+        assert_eq!(
+            e,
+            "serve.yaml:2:3: http_options.max_headers: must be at least 1, got 0"
+        );
+    }
+
+    #[test]
     fn syntax_errors_have_a_line() {
         let e = err("applications: [\n");
         assert!(e.starts_with("serve.yaml:1:"), "{e}");
@@ -1114,7 +1114,7 @@ mod tests {
 
     #[test]
     fn overrides_apply_over_code_options() {
-        let base = crate::DeploymentOptions::default();
+        let base = DeploymentOptions::default();
         let d = DeploymentConfig {
             name: "M".into(),
             max_queued_requests: Some(-1),

@@ -7,7 +7,8 @@
 //!   `max_ongoing_requests`/`max_queued_requests` at once, `user_config` through each replica's
 //!   `reconfigure`, `num_replicas` by adding replicas or draining idle ones first;
 //! - **changed `import_path` or `args`**: rebuilt and rolled over. A deployment of the same name
-//!   and type takes over its predecessor's router, so both versions' traffic meets in one place,
+//!   and type takes over its predecessor's replica set, so both versions' traffic meets in one
+//!   place,
 //!   and its replicas are replaced at most 20% of the target at a time, each batch running
 //!   before the matching old replicas stop taking requests; other deployments start fresh and
 //!   the route switches once all are up. In-flight requests always finish where they started.
@@ -19,17 +20,19 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ferroserve_core::deployment::{DeploymentOptions, NodeRef, ReplicaInfo, ReplicaState};
+use ferroserve_core::sync::lock;
+use ferroserve_core::Error;
+use ferroserve_http::app::Application;
+use ferroserve_http::endpoint::HttpEndpoint;
+use ferroserve_http::metrics::{DeploymentSample, MetricsSource};
+use ferroserve_http::proxy::ProxyState;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::app::Application;
 use crate::config::{
     AppConfig, AutoscalingConfig, ConfigError, ConfigIssue, DeploymentConfig, ServeConfig,
 };
-use crate::deployment::{DeploymentOptions, NodeRef, ReplicaInfo, ReplicaState};
-use crate::error::Error;
-use crate::ingress::HttpEndpoint;
-use crate::proxy::{ProxyState, Route};
 use crate::registry::{Args, Registry};
 
 /// An application's state (Ray's `ApplicationStatus`).
@@ -139,7 +142,7 @@ impl Controller {
     }
 
     fn apps(&self) -> MutexGuard<'_, Vec<AppRecord>> {
-        self.apps.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.apps)
     }
 
     /// Starts applications declared in code. Any failure stops what was started.
@@ -149,19 +152,23 @@ impl Controller {
             let nodes = app.deployments()?;
             let mut started: Vec<NodeRef> = Vec::new();
             for node in &nodes {
-                if let Err(e) = node.0.clone().start().await {
+                if let Err(e) = node.start().await {
                     for n in started.iter().rev() {
-                        n.0.stop();
+                        n.stop();
                     }
                     return Err(e);
                 }
                 started.push(node.clone());
             }
-            tracing::info!(app = %app.name, route_prefix = %app.route_prefix, "application running");
-            let endpoint = (app.endpoint)();
+            tracing::info!(
+                app = %app.app_name(),
+                route_prefix = %app.app_route_prefix(),
+                "application running"
+            );
+            let endpoint = app.endpoint();
             self.apps().push(AppRecord {
-                name: app.name.clone(),
-                route_prefix: Some(app.route_prefix.clone()),
+                name: app.app_name().to_owned(),
+                route_prefix: Some(app.app_route_prefix().to_owned()),
                 source: Source::Code,
                 config: None,
                 nodes,
@@ -181,15 +188,13 @@ impl Controller {
         let apps = self.apps();
         for app in apps.iter() {
             for node in &app.nodes {
-                let (metrics, _) = node.0.metrics();
-                metrics.bind(&app.name, self.proxy.metrics.enabled());
+                node.metrics().bind(&app.name, self.proxy.metrics_enabled());
             }
         }
         let routes = apps
             .iter()
             .filter_map(|a| {
-                Some(Route::new(
-                    &self.proxy.root_path,
+                Some(self.proxy.route(
                     a.route_prefix.as_deref()?,
                     a.name.clone(),
                     a.endpoint.clone()?,
@@ -299,121 +304,136 @@ impl Controller {
             .deployments()
             .map_err(|e| vec![issue(at("import_path"), message(&e))])?;
         for (node, opts) in overrides(i, cfg, &nodes)? {
-            node.0
-                .configure(opts)
-                .map_err(|e| vec![issue(deployment_path(i, cfg, node.0.name()), message(&e))])?;
+            node.configure(opts)
+                .map_err(|e| vec![issue(deployment_path(i, cfg, node.name()), message(&e))])?;
         }
         Ok(Plan::Build { app, nodes })
     }
 
     async fn execute(&self, cfg: &AppConfig, plan: Plan) {
-        let name = cfg.name.clone();
-        self.set_status(&name, AppStatus::Deploying, "");
-        match plan {
-            Plan::InPlace { options } => {
-                let mut failure = None;
-                for (node, opts) in options {
-                    if let Err(e) = node.0.clone().update(opts).await {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-                {
-                    let mut apps = self.apps();
-                    if let Some(app) = apps.iter_mut().find(|a| a.name == name) {
-                        app.route_prefix = cfg.route_prefix.clone();
-                        app.config = Some(cfg.clone());
-                        app.last_deployed_time_s = now_s();
-                    }
-                }
-                self.publish_routes();
-                self.finish(&name, failure);
+        self.set_status(&cfg.name, AppStatus::Deploying, "");
+        let failure = match plan {
+            Plan::InPlace { options } => self.update_in_place(cfg, options).await,
+            Plan::Build { app, nodes } => self.build_and_roll(cfg, app, nodes).await,
+        };
+        self.finish(&cfg.name, failure);
+    }
+
+    /// Same import path and args: new options for every deployment, nothing restarted.
+    async fn update_in_place(
+        &self,
+        cfg: &AppConfig,
+        options: Vec<(NodeRef, DeploymentOptions)>,
+    ) -> Option<Error> {
+        let mut failure = None;
+        for (node, opts) in options {
+            if let Err(e) = node.update(opts).await {
+                failure = Some(e);
+                break;
             }
-            Plan::Build { app, nodes } => {
-                let old_nodes = self
-                    .apps()
-                    .iter()
-                    .find(|a| a.name == name)
-                    .map(|a| a.nodes.clone())
-                    .unwrap_or_default();
-                if old_nodes.is_empty() {
-                    self.apps().push(AppRecord {
-                        name: name.clone(),
-                        route_prefix: cfg.route_prefix.clone(),
-                        source: Source::Code,
-                        config: Some(cfg.clone()),
-                        nodes: Vec::new(),
-                        endpoint: None,
-                        status: AppStatus::Deploying,
-                        message: String::new(),
-                        last_deployed_time_s: now_s(),
-                    });
-                }
-                let mut done: Vec<NodeRef> = Vec::new();
-                let mut failure = None;
-                for node in &nodes {
-                    let old = old_nodes.iter().find(|o| o.0.name() == node.0.name());
-                    let result = match old {
-                        Some(old) if node.0.adopt(old) => {
-                            // One supervisor per router: the new version's, once it runs.
-                            old.0.halt();
-                            node.0.clone().roll().await
-                        }
-                        _ => node.0.clone().start().await,
-                    };
-                    if let Err(e) = result {
-                        failure = Some(e);
-                        break;
-                    }
-                    done.push(node.clone());
-                }
-                if let Some(e) = failure {
-                    // Keep the previous version (if any) serving; drop what was started anew.
-                    self.drain_nodes(&done, &old_nodes).await;
-                    for old in &old_nodes {
-                        if !done.iter().any(|d| old.0.shares_router(d)) {
-                            old.0.clone().supervise();
-                        }
-                    }
-                    if let Some(rec) = self.apps().iter_mut().find(|a| a.name == name) {
-                        rec.last_deployed_time_s = now_s();
-                        rec.config = Some(cfg.clone());
-                    }
-                    self.finish(&name, Some(e));
-                    return;
-                }
-                let endpoint = (app.endpoint)();
-                {
-                    let mut apps = self.apps();
-                    if let Some(rec) = apps.iter_mut().find(|a| a.name == name) {
-                        rec.route_prefix = cfg.route_prefix.clone();
-                        rec.source = Source::Config {
-                            import_path: cfg.import_path.clone(),
-                            args: cfg.args.clone(),
-                        };
-                        rec.config = Some(cfg.clone());
-                        rec.nodes = nodes.clone();
-                        rec.endpoint = Some(endpoint);
-                        rec.last_deployed_time_s = now_s();
-                    }
-                }
-                self.publish_routes();
-                // The old version's deployments that were not taken over drain now.
-                self.drain_nodes(&old_nodes, &nodes).await;
-                tracing::info!(app = %name, "application running");
-                self.finish(&name, None);
+        }
+        if let Some(app) = self.apps().iter_mut().find(|a| a.name == cfg.name) {
+            app.route_prefix = cfg.route_prefix.clone();
+            app.config = Some(cfg.clone());
+            app.last_deployed_time_s = now_s();
+        }
+        self.publish_routes();
+        failure
+    }
+
+    /// A new graph: each deployment takes over its predecessor's replicas (rolling update) or
+    /// starts fresh; the route switches once all run, then what was not taken over drains. On
+    /// a failure the previous version keeps serving.
+    async fn build_and_roll(
+        &self,
+        cfg: &AppConfig,
+        app: Application,
+        nodes: Vec<NodeRef>,
+    ) -> Option<Error> {
+        let old_nodes = self.record_deploying(cfg);
+        let mut done: Vec<NodeRef> = Vec::new();
+        for node in &nodes {
+            if let Err(e) = Self::start_or_roll(node, &old_nodes).await {
+                self.keep_previous(cfg, &done, &old_nodes).await;
+                return Some(e);
             }
+            done.push(node.clone());
+        }
+        let endpoint = app.endpoint();
+        if let Some(rec) = self.apps().iter_mut().find(|a| a.name == cfg.name) {
+            rec.route_prefix = cfg.route_prefix.clone();
+            rec.source = Source::Config {
+                import_path: cfg.import_path.clone(),
+                args: cfg.args.clone(),
+            };
+            rec.config = Some(cfg.clone());
+            rec.nodes = nodes.clone();
+            rec.endpoint = Some(endpoint);
+            rec.last_deployed_time_s = now_s();
+        }
+        self.publish_routes();
+        // The old version's deployments that were not taken over drain now.
+        self.drain_nodes(&old_nodes, &nodes).await;
+        tracing::info!(app = %cfg.name, "application running");
+        None
+    }
+
+    /// The running version's nodes, after recording a new application as deploying.
+    fn record_deploying(&self, cfg: &AppConfig) -> Vec<NodeRef> {
+        let mut apps = self.apps();
+        if let Some(app) = apps.iter().find(|a| a.name == cfg.name) {
+            return app.nodes.clone();
+        }
+        apps.push(AppRecord {
+            name: cfg.name.clone(),
+            route_prefix: cfg.route_prefix.clone(),
+            source: Source::Code,
+            config: Some(cfg.clone()),
+            nodes: Vec::new(),
+            endpoint: None,
+            status: AppStatus::Deploying,
+            message: String::new(),
+            last_deployed_time_s: now_s(),
+        });
+        Vec::new()
+    }
+
+    /// Starts `node`, taking over the replicas of the running version of the same deployment
+    /// if there is one.
+    async fn start_or_roll(node: &NodeRef, old_nodes: &[NodeRef]) -> Result<(), Error> {
+        match old_nodes.iter().find(|o| o.name() == node.name()) {
+            Some(old) if node.adopt(old) => {
+                // One supervisor per replica set: the new version's, once it runs.
+                old.halt();
+                node.roll().await
+            }
+            _ => node.start().await,
         }
     }
 
-    /// Stops every node of `nodes` that does not share its router with one of `keep`.
+    /// After a failed build: drops what was started anew and lets the previous version (if
+    /// any) go on serving under its own supervisors.
+    async fn keep_previous(&self, cfg: &AppConfig, done: &[NodeRef], old_nodes: &[NodeRef]) {
+        self.drain_nodes(done, old_nodes).await;
+        for old in old_nodes {
+            if !done.iter().any(|d| old.shares_replicas(d)) {
+                old.supervise();
+            }
+        }
+        if let Some(rec) = self.apps().iter_mut().find(|a| a.name == cfg.name) {
+            rec.last_deployed_time_s = now_s();
+            rec.config = Some(cfg.clone());
+        }
+    }
+
+    /// Stops every node of `nodes` that does not share its replicas with one of `keep`.
     async fn drain_nodes(&self, nodes: &[NodeRef], keep: &[NodeRef]) {
         for node in nodes.iter().rev() {
-            if keep.iter().any(|k| node.0.shares_router(k)) {
-                node.0.halt();
+            if keep.iter().any(|k| node.shares_replicas(k)) {
+                node.halt();
                 continue;
             }
-            node.0.stop();
+            node.stop();
         }
     }
 
@@ -447,7 +467,7 @@ impl Controller {
         let apps: Vec<AppRecord> = std::mem::take(&mut *self.apps());
         for app in apps {
             for node in app.nodes.iter().rev() {
-                node.0.stop();
+                node.stop();
             }
         }
     }
@@ -460,14 +480,14 @@ impl Controller {
             let mut deployments = serde_json::Map::new();
             let mut short = false;
             for node in &app.nodes {
-                let options = node.0.options();
-                let replicas = node.0.replicas();
+                let options = node.options();
+                let replicas = node.replica_infos();
                 let running = replicas
                     .iter()
                     .filter(|r| r.state == ReplicaState::Running)
                     .count();
-                let target = node.0.target();
-                let message = node.0.message();
+                let target = node.target();
+                let message = node.message();
                 let status = if app.status == AppStatus::Deploying {
                     "UPDATING"
                 } else if running == target && message.is_empty() {
@@ -486,7 +506,7 @@ impl Controller {
                     "UNHEALTHY"
                 };
                 let detail = DeploymentStatus {
-                    name: node.0.name().to_owned(),
+                    name: node.name().to_owned(),
                     status,
                     message,
                     target_num_replicas: target,
@@ -495,7 +515,7 @@ impl Controller {
                     replicas,
                 };
                 deployments.insert(
-                    node.0.name().to_owned(),
+                    node.name().to_owned(),
                     serde_json::to_value(detail).unwrap_or(Value::Null),
                 );
             }
@@ -523,25 +543,6 @@ impl Controller {
         }
     }
 
-    /// What `/metrics` reads from every deployment of every application.
-    pub(crate) fn metric_samples(&self) -> Vec<crate::metrics::DeploymentSample> {
-        let apps = self.apps();
-        let mut out = Vec::new();
-        for app in apps.iter() {
-            for (i, node) in app.nodes.iter().enumerate() {
-                let (metrics, queued) = node.0.metrics();
-                out.push(crate::metrics::DeploymentSample {
-                    app: app.name.clone(),
-                    metrics,
-                    queued,
-                    replicas: node.0.replicas(),
-                    ingress: i + 1 == app.nodes.len(),
-                });
-            }
-        }
-        out
-    }
-
     /// The running config: the server's fixed parts and every application's last deployed
     /// entry (applications from code have none and are left out).
     pub(crate) fn config(&self) -> ServeConfig {
@@ -552,6 +553,26 @@ impl Controller {
             .filter_map(|a| a.config.clone())
             .collect();
         config
+    }
+}
+
+impl MetricsSource for Controller {
+    /// What `/metrics` reads from every deployment of every application.
+    fn deployment_samples(&self) -> Vec<DeploymentSample> {
+        let apps = self.apps();
+        let mut out = Vec::new();
+        for app in apps.iter() {
+            for (i, node) in app.nodes.iter().enumerate() {
+                out.push(DeploymentSample {
+                    app: app.name.clone(),
+                    metrics: node.metrics(),
+                    queued: node.num_queued(),
+                    replicas: node.replica_infos(),
+                    ingress: i + 1 == app.nodes.len(),
+                });
+            }
+        }
+        out
     }
 }
 
@@ -590,7 +611,7 @@ struct DeploymentStatus {
 struct DeploymentConfigView {
     num_replicas: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
-    autoscaling_config: Option<crate::config::AutoscalingConfig>,
+    autoscaling_config: Option<AutoscalingConfig>,
     max_ongoing_requests: usize,
     max_queued_requests: i64,
     user_config: Option<Value>,
@@ -642,8 +663,8 @@ fn overrides(
 ) -> Result<Vec<(NodeRef, DeploymentOptions)>, Vec<ConfigIssue>> {
     let mut issues = Vec::new();
     for (k, d) in cfg.deployments.iter().enumerate() {
-        if !nodes.iter().any(|n| n.0.name() == d.name) {
-            let names: Vec<&str> = nodes.iter().map(|n| n.0.name()).collect();
+        if !nodes.iter().any(|n| n.name() == d.name) {
+            let names: Vec<&str> = nodes.iter().map(|n| n.name()).collect();
             issues.push(issue(
                 format!("applications[{i}].deployments[{k}].name"),
                 format!(
@@ -661,8 +682,8 @@ fn overrides(
     Ok(nodes
         .iter()
         .map(|node| {
-            let base = node.0.defaults();
-            let options = match cfg.deployments.iter().find(|d| d.name == node.0.name()) {
+            let base = node.defaults();
+            let options = match cfg.deployments.iter().find(|d| d.name == node.name()) {
                 Some(d) => DeploymentConfig::apply_to(d, &base),
                 None => base,
             };
@@ -678,7 +699,6 @@ fn check_options(
     node: &NodeRef,
     options: &DeploymentOptions,
 ) -> Result<(), Vec<ConfigIssue>> {
-    node.0
-        .check(options)
-        .map_err(|e| vec![issue(deployment_path(i, cfg, node.0.name()), message(&e))])
+    node.check(options)
+        .map_err(|e| vec![issue(deployment_path(i, cfg, node.name()), message(&e))])
 }

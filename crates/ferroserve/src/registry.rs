@@ -2,9 +2,9 @@
 //! names.
 //!
 //! Ray imports `module:attribute` from Python; a Rust binary registers its builders instead. The
-//! `ferroserve` binary registers the built-in ones (the ONNX model server and the seed
-//! examples); a binary of your own passes its registry to [`crate::cli::main`] and gets the same
-//! CLI:
+//! `ferroserve` binary registers the built-in ones (the ONNX model server, a request echo); a
+//! binary of your own passes its registry to `ferroserve_cli::main` (the `ferroserve-cli`
+//! crate) and gets the same CLI:
 //!
 //! ```no_run
 //! use ferroserve::registry::{Args, Registry};
@@ -26,9 +26,8 @@
 //!     Ok(Application::new(Deployment::new("Greeter").bind(move || Greeter { greeting: greeting.clone() })))
 //! }
 //!
-//! fn main() -> std::process::ExitCode {
-//!     ferroserve::cli::main(Registry::new().register("my_app:greeter", greeter))
-//! }
+//! let registry = Registry::new().register("my_app:greeter", greeter);
+//! // fn main() -> std::process::ExitCode { ferroserve_cli::main(registry) }
 //! ```
 
 use std::collections::BTreeMap;
@@ -37,8 +36,8 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::app::Application;
-use crate::error::Error;
+use ferroserve_core::Error;
+use ferroserve_http::Application;
 
 /// An application's `args` from the config file.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -1,6 +1,6 @@
 //! HTTP adapters and the DAG driver, through real clients.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::io::Cursor;
 
@@ -264,7 +264,7 @@ struct Scale(f64);
 struct Apply(ndarray::ArrayD<f64>);
 impl Handles<Apply> for Scale {
     type Output = ndarray::ArrayD<f64>;
-    async fn handle(&self, Apply(a): Apply) -> ndarray::ArrayD<f64> {
+    async fn call(&self, Apply(a): Apply) -> ndarray::ArrayD<f64> {
         a * self.0
     }
 }
@@ -273,7 +273,7 @@ struct Total;
 struct Sum(ndarray::ArrayD<f64>);
 impl Handles<Sum> for Total {
     type Output = f64;
-    async fn handle(&self, Sum(a): Sum) -> f64 {
+    async fn call(&self, Sum(a): Sum) -> f64 {
         a.sum()
     }
 }
@@ -282,7 +282,7 @@ struct Combine;
 struct Pair(f64, f64);
 impl Handles<Pair> for Combine {
     type Output = Value;
-    async fn handle(&self, Pair(a, b): Pair) -> Value {
+    async fn call(&self, Pair(a, b): Pair) -> Value {
         json!({"a": a, "b": b, "mean": (a + b) / 2.0})
     }
 }

@@ -1,7 +1,7 @@
 //! FastAPI-style ingress: typed routes with `self`, validation errors in FastAPI's shape, DI,
 //! middleware, bring-your-own routers, OpenAPI and docs, lifecycle hooks.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! right 4xx (never a 5xx) with a message that says what is wrong, or a closed connection where
 //! HTTP has no answer; and the server answers a good request afterwards.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::io::Cursor;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! and get their own results, per-item errors reach only their callers, a client that goes
 //! away leaves the batch before it runs, and a broken batch fails only its own callers.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! Request cancellation end to end: client disconnects (HTTP/1.1 and HTTP/2), timeouts, cascades
 //! through handle calls, requests cancelled while queued, `shield`, and blocking work.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ struct Forever;
 
 impl Handles<Forever> for Inner {
     type Output = ();
-    async fn handle(&self, _: Forever) {
+    async fn call(&self, _: Forever) {
         let _w = watch(&self.events, "arrived:inner", "cancelled:inner");
         std::future::pending::<()>().await
     }
@@ -42,7 +42,7 @@ struct Mid {
 
 impl Handles<Forever> for Mid {
     type Output = Result<(), ferroserve::Error>;
-    async fn handle(&self, msg: Forever) -> Self::Output {
+    async fn call(&self, msg: Forever) -> Self::Output {
         let _w = watch(&self.events, "arrived:mid", "cancelled:mid");
         self.inner.remote(msg).await
     }

@@ -1,7 +1,7 @@
 //! Deployments, applications and handles: start-up errors, graph validation, typed handle calls
 //! with their context, and queue clean-up when callers go away.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -97,7 +97,7 @@ struct Describe;
 
 impl Handles<Describe> for Model {
     type Output = Value;
-    async fn handle(&self, _: Describe) -> Value {
+    async fn call(&self, _: Describe) -> Value {
         let ctx = ferroserve::current().expect("handle calls run with a context");
         json!({
             "replica": self.replica,
@@ -178,7 +178,7 @@ struct Wait;
 
 impl Handles<Wait> for Blocker {
     type Output = ();
-    async fn handle(&self, _: Wait) {
+    async fn call(&self, _: Wait) {
         self.permits.acquire().await.unwrap().forget();
     }
 }

@@ -2,7 +2,7 @@
 //! busy while the server is told to stop. Every request the server took in is answered, new
 //! connections are refused, and slow requests held by the handler finish.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

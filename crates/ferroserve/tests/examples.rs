@@ -1,7 +1,7 @@
 //! The examples are the contract (DESIGN §5): each is started as its own process on an ephemeral
 //! port and driven by a real client. `cargo build --examples` must have run (`.ci/run` does).
 
-mod common;
+use ferroserve_test_support as common;
 
 use common::{Example, Fetch};
 

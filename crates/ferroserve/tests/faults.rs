@@ -2,7 +2,7 @@
 //! called through a handle, a health check. Each is logged with its message, the client gets a
 //! proper answer (or a terminated body), and the process keeps serving.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,7 +38,7 @@ struct Model {
 struct Explode;
 impl Handles<Explode> for Model {
     type Output = usize;
-    async fn handle(&self, _: Explode) -> usize {
+    async fn call(&self, _: Explode) -> usize {
         panic!("model {} exploded", self.id)
     }
 }
@@ -46,7 +46,7 @@ impl Handles<Explode> for Model {
 struct WhoAreYou;
 impl Handles<WhoAreYou> for Model {
     type Output = usize;
-    async fn handle(&self, _: WhoAreYou) -> usize {
+    async fn call(&self, _: WhoAreYou) -> usize {
         self.id
     }
 }
@@ -54,7 +54,7 @@ impl Handles<WhoAreYou> for Model {
 struct FallSick;
 impl Handles<FallSick> for Model {
     type Output = ();
-    async fn handle(&self, _: FallSick) {
+    async fn call(&self, _: FallSick) {
         self.sick.store(true, Ordering::SeqCst);
     }
 }

@@ -1,7 +1,7 @@
 //! Request limits (`http_options`): what a client sees when it sends too much, through raw
 //! sockets, reqwest and tokio-tungstenite.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::io::Cursor;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! model under concurrency, failed loads, routing to the replica that holds a model, the handle
 //! option, and bad `serve_multiplexed_model_id` headers.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -333,7 +333,7 @@ struct Which;
 impl Handles<Which> for Echo {
     type Output = Result<(Option<String>, Option<String>), Error>;
 
-    async fn handle(&self, _: Which) -> Self::Output {
+    async fn call(&self, _: Which) -> Self::Output {
         let Some(id) = multiplex::model_id() else {
             return Ok((None, None));
         };

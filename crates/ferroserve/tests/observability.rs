@@ -1,6 +1,6 @@
 //! `/metrics` (Prometheus text) and access logs, through real clients against real servers.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

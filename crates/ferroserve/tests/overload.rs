@@ -3,7 +3,7 @@
 //! and dropped requests under overload: ray#21425, #42144, #56361, #64181). And 10,000 client
 //! connections held open at once against one server process.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The proxy's HTTP semantics (DESIGN §4), through real HTTP clients on ephemeral ports.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

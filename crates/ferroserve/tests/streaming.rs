@@ -1,6 +1,6 @@
 //! Streaming responses, streaming handles and WebSockets through the proxy, with cancellation.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! that replace unhealthy replicas, and autoscaling (up under load, down when idle, to and from
 //! zero). Logic with time runs on tokio's paused clock; what an HTTP client sees runs for real.
 
-mod common;
+use ferroserve_test_support as common;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -52,7 +52,7 @@ impl Ingress for Replica {
 struct WhoAreYou;
 impl Handles<WhoAreYou> for Replica {
     type Output = usize;
-    async fn handle(&self, _: WhoAreYou) -> usize {
+    async fn call(&self, _: WhoAreYou) -> usize {
         self.id
     }
 }
@@ -63,7 +63,7 @@ enum Break {
 }
 impl Handles<Break> for Replica {
     type Output = ();
-    async fn handle(&self, how: Break) {
+    async fn call(&self, how: Break) {
         match how {
             Break::Fail => self.sick.store(true, Ordering::SeqCst),
             Break::Hang => self.hang.store(true, Ordering::SeqCst),
@@ -75,7 +75,7 @@ impl Handles<Break> for Replica {
 struct Work;
 impl Handles<Work> for Replica {
     type Output = usize;
-    async fn handle(&self, _: Work) -> usize {
+    async fn call(&self, _: Work) -> usize {
         GATE.acquire().await.expect("gate open").forget();
         self.id
     }

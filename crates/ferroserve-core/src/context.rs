@@ -1,0 +1,494 @@
+//! The request context: id, deadline and cancellation, carried by every request and handle call.
+//!
+//! The proxy creates a [`RequestContext`] for each HTTP request; a handle call made while handling
+//! it gets a child context (same id, the remaining deadline, a child cancellation token). Inside a
+//! handler, [`current`] returns the context of the request being served.
+//!
+//! Cancellation is drop-based: when the client goes away or the deadline passes, the request's
+//! future is dropped, which interrupts the handler at its next `.await` and drops every handle call
+//! it is awaiting. The context's token is cancelled at the same moment, so code that must *observe*
+//! cancellation (Ray's `except asyncio.CancelledError:`) or blocking code that polls a flag can
+//! do so.
+//!
+//! The idioms, for Ray Serve's Python on the left:
+//!
+//! | Ray Serve | ferroserve |
+//! |---|---|
+//! | `except asyncio.CancelledError: print("cancelled")` | `let _guard = ferroserve::on_cancel(\|\| println!("cancelled"));` before the awaits |
+//! | `await asyncio.shield(work())` | `ferroserve::shield(work()).await` (runs to completion on its own task) |
+//! | code that never awaits cannot be interrupted | blocking code polls `ctx.is_cancelled()` (one atomic load) and stops early |
+//! | async clean-up after cancellation | `tokio::spawn(async move { ctx.cancelled().await; cleanup().await })` |
+//!
+//! ```
+//! use ferroserve_core::Handles;
+//!
+//! struct Model;
+//! struct Infer(u64);
+//!
+//! impl Handles<Infer> for Model {
+//!     type Output = u64;
+//!     async fn call(&self, Infer(steps): Infer) -> u64 {
+//!         let _guard = ferroserve_core::on_cancel(|| println!("Request got cancelled!"));
+//!         let ctx = ferroserve_core::current().expect("runs inside a call");
+//!         // CPU-bound work on a blocking thread stops as soon as the request is cancelled.
+//!         tokio::task::spawn_blocking(move || {
+//!             let mut done = 0;
+//!             while done < steps && !ctx.is_cancelled() {
+//!                 done += 1; // one unit of inference
+//!             }
+//!             done
+//!         })
+//!         .await
+//!         .unwrap()
+//!     }
+//! }
+//! ```
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::tag::ReplicaTag;
+
+tokio::task_local! {
+    static CURRENT: RequestContext;
+}
+
+/// The context of one request or handle call: its id, deadline, model id and cancellation
+/// token, and who serves it. Cheap to clone (reference counts only).
+///
+/// Two parts, kept apart so that a call can cross a process boundary:
+/// - **what crosses a wire** ([`WireContext`]): the request id, the time left before the
+///   deadline, the end-to-end timeout and the multiplexed model id;
+/// - **what stays in this process**: the cancellation token (each side of a wire has its own,
+///   linked by the transport: dropping the call cancels the far side), the replica serving the
+///   call ([`RequestContext::replica`]), and the state the receiving layer attached
+///   ([`RequestContext::local`]; the HTTP proxy keeps its limits and the application's root
+///   path there).
+#[derive(Clone)]
+pub struct RequestContext {
+    call: Arc<Call>,
+    /// The model this request is for (`serve_multiplexed_model_id`), if any.
+    model_id: Option<Arc<str>>,
+    /// The deployment called (set for handle calls before a replica is chosen).
+    deployment: Option<Arc<str>>,
+    /// The replica serving this context (set while it runs on one).
+    replica: Option<Arc<ReplicaTag>>,
+    /// State of the layer that received the request (in-process only).
+    local: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for RequestContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestContext")
+            .field("request_id", &self.call.request_id)
+            .field("deadline", &self.call.deadline)
+            .field("model_id", &self.model_id)
+            .field("deployment", &self.deployment())
+            .field("replica", &self.replica.as_ref().map(|r| r.replica_id()))
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+/// What every clone of one call's context shares.
+#[derive(Debug)]
+struct Call {
+    request_id: Arc<str>,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    cancel: CancellationToken,
+}
+
+/// The part of a [`RequestContext`] that crosses a process boundary with a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireContext {
+    /// The request id (`X-Request-ID`).
+    pub request_id: String,
+    /// Time left before the deadline when the call was sent; `None` without a deadline.
+    pub remaining: Option<Duration>,
+    /// The end-to-end timeout the deadline came from (for messages).
+    pub timeout: Option<Duration>,
+    /// The multiplexed model id, if the call names one.
+    pub model_id: Option<String>,
+}
+
+impl RequestContext {
+    /// A fresh root context: the request id, and an optional end-to-end timeout from now.
+    pub fn new(request_id: impl Into<Arc<str>>, timeout: Option<Duration>) -> Self {
+        RequestContext {
+            call: Arc::new(Call {
+                request_id: request_id.into(),
+                deadline: timeout.map(|t| Instant::now() + t),
+                timeout,
+                cancel: CancellationToken::new(),
+            }),
+            model_id: None,
+            deployment: None,
+            replica: None,
+            local: None,
+        }
+    }
+
+    /// The part of this context that crosses a wire, as of now.
+    pub fn to_wire(&self) -> WireContext {
+        WireContext {
+            request_id: self.call.request_id.to_string(),
+            remaining: self.remaining(),
+            timeout: self.call.timeout,
+            model_id: self.model_id.as_deref().map(str::to_owned),
+        }
+    }
+
+    /// The context of a call that arrived over a wire: the sender's request id, model id and
+    /// deadline (the time it had left, from now), with a cancellation token of its own.
+    pub fn from_wire(wire: WireContext) -> Self {
+        RequestContext {
+            call: Arc::new(Call {
+                request_id: wire.request_id.into(),
+                deadline: wire.remaining.map(|r| Instant::now() + r),
+                timeout: wire.timeout,
+                cancel: CancellationToken::new(),
+            }),
+            model_id: wire.model_id.map(Arc::from),
+            deployment: None,
+            replica: None,
+            local: None,
+        }
+    }
+
+    /// The same context, for a request to model `model_id` (an empty id means none, as in Ray).
+    pub fn with_model_id(mut self, model_id: Option<Arc<str>>) -> Self {
+        self.model_id = model_id.filter(|id| !id.is_empty());
+        self
+    }
+
+    /// The same context with `state` attached by the layer that received the request (for
+    /// example the HTTP proxy's limits and the application's root path). Handle calls made
+    /// under it inherit it; it never crosses a wire.
+    pub fn with_local(mut self, state: Arc<dyn Any + Send + Sync>) -> Self {
+        self.local = Some(state);
+        self
+    }
+
+    /// The state of type `S` the receiving layer attached with [`RequestContext::with_local`],
+    /// if any.
+    pub fn local<S: Any>(&self) -> Option<&S> {
+        self.local.as_deref()?.downcast_ref()
+    }
+
+    /// The model this request is for: the `serve_multiplexed_model_id` header of an HTTP request,
+    /// or the id a handle call was made with (`DeploymentHandle::with_model_id`); `None`
+    /// when the request names no model (Ray's `serve.get_multiplexed_model_id()` returning `""`).
+    pub fn multiplexed_model_id(&self) -> Option<&str> {
+        self.model_id.as_deref()
+    }
+
+    /// The same context, running on the replica `replica`.
+    pub fn on_replica(mut self, replica: &Arc<ReplicaTag>) -> Self {
+        self.replica = Some(replica.clone());
+        self
+    }
+
+    /// The replica serving this context, while it runs on one.
+    pub fn replica(&self) -> Option<&Arc<ReplicaTag>> {
+        self.replica.as_ref()
+    }
+
+    /// The context a handle call made under this one gets: same id and deadline, a child token
+    /// (cancelled whenever this one is), the same local state, and the callee's deployment name.
+    /// The model id is *not* inherited (as in Ray, a handle call names its model with the
+    /// handle's own option).
+    pub fn child(&self, deployment: &Arc<str>) -> Self {
+        RequestContext {
+            call: Arc::new(Call {
+                request_id: self.call.request_id.clone(),
+                deadline: self.call.deadline,
+                timeout: self.call.timeout,
+                cancel: self.call.cancel.child_token(),
+            }),
+            model_id: None,
+            deployment: Some(deployment.clone()),
+            replica: None,
+            local: self.local.clone(),
+        }
+    }
+
+    /// The request id: the client's `x-request-id`, or a generated UUID.
+    pub fn request_id(&self) -> &str {
+        &self.call.request_id
+    }
+
+    /// The deployment serving (or called with) this context; empty outside one.
+    pub fn deployment(&self) -> &str {
+        match (&self.replica, &self.deployment) {
+            (Some(replica), _) => replica.deployment(),
+            (None, Some(name)) => name,
+            (None, None) => "",
+        }
+    }
+
+    /// When the request times out, if it has an end-to-end timeout.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.call.deadline
+    }
+
+    /// The configured end-to-end timeout, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.call.timeout
+    }
+
+    /// Time left before the deadline (`Duration::ZERO` once passed); `None` without a deadline.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.call
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether the request has been cancelled (client gone, deadline passed, caller dropped).
+    /// A cheap atomic load: poll it from blocking or CPU-bound code to stop early.
+    pub fn is_cancelled(&self) -> bool {
+        self.call.cancel.is_cancelled()
+    }
+
+    /// Completes when the request is cancelled. Cancel safe.
+    ///
+    /// Use it in `tokio::select!` to run code on cancellation, Ray's
+    /// `except asyncio.CancelledError:`.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.call.cancel.clone().cancelled_owned()
+    }
+
+    /// The cancellation token itself, to hand to blocking code or spawned work.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.call.cancel.clone()
+    }
+
+    /// Marks the request cancelled, with every handle call made under it (the proxy does this
+    /// on a disconnect or a timeout).
+    pub fn cancel(&self) {
+        self.call.cancel.cancel();
+    }
+
+    /// Runs the synchronous `f` with this context as [`current`] (for polls of response bodies
+    /// and handle streams, which run outside the handler's task-local scope).
+    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self.clone(), f)
+    }
+
+    /// Runs `fut` with this context as [`current`].
+    pub fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, fut)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Wraps a request's work so that dropping it unfinished cancels the context *before* the
+    /// work itself is dropped: the handler's own drop guards then see
+    /// [`RequestContext::is_cancelled`] as true.
+    pub struct CancelOnDrop<F> {
+        ctx: Option<RequestContext>,
+        on_cancel: fn(&RequestContext),
+        #[pin]
+        fut: F,
+    }
+
+    impl<F> PinnedDrop for CancelOnDrop<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(ctx) = this.ctx.take() {
+                (this.on_cancel)(&ctx);
+                ctx.cancel();
+            }
+        }
+    }
+}
+
+impl<F> CancelOnDrop<F> {
+    /// `on_cancel` runs (for logging) just before the context is cancelled.
+    pub fn new(ctx: RequestContext, on_cancel: fn(&RequestContext), fut: F) -> Self {
+        CancelOnDrop {
+            ctx: Some(ctx),
+            on_cancel,
+            fut,
+        }
+    }
+}
+
+impl<F: Future> Future for CancelOnDrop<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = std::task::ready!(this.fut.poll(cx));
+        *this.ctx = None;
+        Poll::Ready(out)
+    }
+}
+
+/// Runs `f` if the current request is cancelled while the returned guard is alive: Ray's
+/// `except asyncio.CancelledError:`.
+///
+/// Create the guard at the top of a handler; when the request is cancelled (client disconnect,
+/// timeout, or the caller dropping a handle call), the handler's future is dropped, the guard with
+/// it, and `f` runs on the spot (the context is already marked cancelled by then). When the
+/// handler finishes normally, `f` does not run. Outside a request the guard never fires.
+pub fn on_cancel<F: FnOnce()>(f: F) -> OnCancel<F> {
+    OnCancel {
+        ctx: current(),
+        f: Some(f),
+    }
+}
+
+/// The guard returned by [`on_cancel`].
+#[must_use = "the callback runs when this guard is dropped during cancellation; bind it to a variable"]
+pub struct OnCancel<F: FnOnce()> {
+    ctx: Option<RequestContext>,
+    f: Option<F>,
+}
+
+impl<F: FnOnce()> OnCancel<F> {
+    /// Drops the guard without ever running the callback.
+    pub fn disarm(mut self) {
+        self.f = None;
+    }
+}
+
+impl<F: FnOnce()> Drop for OnCancel<F> {
+    fn drop(&mut self) {
+        if let (Some(ctx), Some(f)) = (&self.ctx, self.f.take()) {
+            if ctx.is_cancelled() {
+                f();
+            }
+        }
+    }
+}
+
+/// The replica serving the current request, if running on one.
+pub(crate) fn current_replica() -> Option<Arc<ReplicaTag>> {
+    CURRENT.try_with(|ctx| ctx.replica.clone()).ok().flatten()
+}
+
+/// The model id of the current request (see [`RequestContext::multiplexed_model_id`]).
+pub(crate) fn current_model_id() -> Option<Arc<str>> {
+    CURRENT.try_with(|ctx| ctx.model_id.clone()).ok().flatten()
+}
+
+/// Runs `f` with the replica serving the current request and its request id, if a handler is
+/// running on this task: for log formats that name who served a line. Nothing is copied.
+pub fn with_current_replica<R>(f: impl FnOnce(&ReplicaTag, &str) -> R) -> Option<R> {
+    CURRENT
+        .try_with(|ctx| ctx.replica.as_deref().map(|r| f(r, ctx.request_id())))
+        .ok()
+        .flatten()
+}
+
+/// A fresh request id: a random (version 4) UUID, for requests that come without
+/// `x-request-id` and for handle calls made outside any request.
+pub fn new_request_id() -> Arc<str> {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut buf);
+    Arc::from(&*text)
+}
+
+/// The context of the request being served on this task, if any.
+///
+/// Inside a deployment's handler (HTTP or handle call) this is `Some`; elsewhere `None`.
+pub fn current() -> Option<RequestContext> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// Runs `fut` to completion even if the request that started it is cancelled (Ray's
+/// `asyncio.shield`).
+///
+/// The future is spawned as its own task; awaiting the returned future waits for its output, and
+/// dropping it (because the request was cancelled) leaves the task running. Like Ray's
+/// `asyncio.shield`, this protects only *local* work: a handle call inside `fut` is still an
+/// independent request to another deployment and is not protected from that deployment's own
+/// cancellation. A panic inside `fut` resumes on the awaiting task.
+pub fn shield<F>(fut: F) -> impl Future<Output = F::Output> + Send + 'static
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let task = tokio::spawn(fut);
+    async move {
+        match task.await {
+            Ok(out) => out,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dropping_unfinished_work_cancels_parent_and_child_first() {
+        let root = RequestContext::new("id", None);
+        let child = root.child(&Arc::from("Model"));
+        assert_eq!(child.request_id(), "id");
+        assert_eq!(child.deployment(), "Model");
+        let seen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        struct Probe(RequestContext, Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Probe {
+            fn drop(&mut self) {
+                self.1
+                    .store(self.0.is_cancelled(), std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let probe = Probe(child.clone(), seen.clone());
+        let work = CancelOnDrop::new(root.clone(), |_| {}, async move {
+            let _probe = probe;
+            std::future::pending::<()>().await
+        });
+        let mut work = Box::pin(work);
+        assert!(futures_util::FutureExt::now_or_never(&mut work).is_none());
+        assert!(!child.is_cancelled());
+        drop(work);
+        assert!(root.is_cancelled() && child.is_cancelled());
+        assert!(
+            seen.load(std::sync::atomic::Ordering::SeqCst),
+            "cancelled before the work dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn finished_work_is_not_cancelled() {
+        let root = RequestContext::new("id", None);
+        assert_eq!(
+            CancelOnDrop::new(root.clone(), |_| {}, async { 7 }).await,
+            7
+        );
+        assert!(!root.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remaining_counts_down() {
+        let ctx = RequestContext::new("id", Some(Duration::from_secs(2)));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(ctx.remaining(), Some(Duration::from_millis(1500)));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(ctx.remaining(), Some(Duration::ZERO));
+    }
+
+    #[tokio::test]
+    async fn current_is_scoped() {
+        assert!(current().is_none());
+        let id = RequestContext::new("abc", None)
+            .scope(async { current().map(|c| c.request_id().to_owned()) })
+            .await;
+        assert_eq!(id.as_deref(), Some("abc"));
+    }
+}
