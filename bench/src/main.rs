@@ -678,9 +678,9 @@ struct TableSpec {
     unit: &'static str,
     /// An extra throughput column derived from the rate: its header and the factor.
     derived: Option<(&'static str, f64)>,
-    /// Goal for B's derived throughput (e.g. chunks/s), if DESIGN §8 sets one.
+    /// Goal for B's derived throughput (e.g. chunks/s), if the project sets one (README, Performance).
     derived_goal: Option<f64>,
-    /// Goal for B / A throughput, if DESIGN §8 sets one.
+    /// Goal for B / A throughput, if the project sets one (README, Performance).
     goal_ratio: Option<f64>,
     /// Goal for the p99 added latency, µs.
     p99_goal_us: Option<f64>,

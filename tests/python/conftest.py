@@ -1,4 +1,4 @@
-"""Starts ferroserve examples on ephemeral ports for the seed's Python client code."""
+"""Starts ferroserve examples on ephemeral ports for the Python client code of Ray Serve's HTTP guide."""
 
 import os
 import pathlib

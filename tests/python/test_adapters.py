@@ -27,7 +27,7 @@ def bomb(width, height):
     return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
 
 
-def test_dag_ndarray_seed_client(example):
+def test_dag_ndarray_guide_client(example):
     ex = example("dag_ndarray")
     resp = requests.post(f"{ex.base}/", json={"array": [[1, 2], [2, 3]]})
     assert resp.json() == 8

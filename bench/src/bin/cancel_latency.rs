@@ -1,5 +1,5 @@
 //! Cancellation latency: time from the client closing its connection to the handler observing
-//! the cancellation, over many requests (DESIGN §8: goal ≤ 1 ms median, ≤ 2 ms p99).
+//! the cancellation, over many requests (goal: ≤ 1 ms median, ≤ 2 ms p99).
 //!
 //! `cargo run --release -p ferroserve-bench --bin cancel_latency -- [N]` (default N = 1000).
 //! Server and client share one process, so both timestamps come from the same clock. The client

@@ -354,6 +354,26 @@ impl<E: ?Sized + Endpoint> Slot<E> {
     pub fn member(&self) -> &Arc<Member<E>> {
         &self.member
     }
+
+    /// The member the slot is on, as a reference of its own (for work that outlives a borrow
+    /// of the slot; the slot itself is what counts the load).
+    pub fn clone_endpoint(&self) -> Arc<Member<E>> {
+        self.member.clone()
+    }
+
+    /// The balancer the slot belongs to.
+    pub fn balancer(&self) -> &Arc<Balancer<E>> {
+        &self.balancer
+    }
+}
+
+impl<E: ?Sized + Endpoint> std::fmt::Debug for Slot<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("deployment", self.balancer.name())
+            .field("load", &self.member.load())
+            .finish()
+    }
 }
 
 impl<E: ?Sized + Endpoint> Drop for Slot<E> {

@@ -47,11 +47,14 @@
 use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::HeaderValue;
 use serde::{Deserialize, Serialize};
+use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -98,13 +101,155 @@ impl std::fmt::Debug for RequestContext {
     }
 }
 
+/// A request's id: the client's `x-request-id`, or a generated UUID (version 4). Cloning it
+/// never allocates: a generated id is made once as the header value it is echoed in.
+#[derive(Clone)]
+pub struct RequestId(IdRepr);
+
+#[derive(Clone)]
+enum IdRepr {
+    /// From a request header, or generated (always visible ASCII).
+    Header(HeaderValue),
+    /// Given in code.
+    Text(Arc<str>),
+}
+
+impl RequestId {
+    /// The longest `x-request-id` a client may set; a longer one is replaced by a fresh id.
+    pub const MAX_LEN: usize = 256;
+
+    /// A fresh random id, a UUID version 4 (`3f1c5b1e-…`).
+    pub fn generate() -> Self {
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
+            .into_uuid()
+            .hyphenated()
+            .encode_lower(&mut text);
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid-uuid"));
+        RequestId(IdRepr::Header(value))
+    }
+
+    /// The id a client sent in `x-request-id`, if it is usable: printable ASCII, not empty, at
+    /// most [`RequestId::MAX_LEN`] bytes.
+    pub fn from_header(value: &HeaderValue) -> Option<Self> {
+        let len = value.len();
+        (len > 0 && len <= Self::MAX_LEN && value.to_str().is_ok())
+            .then(|| RequestId(IdRepr::Header(value.clone())))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            IdRepr::Header(value) => value.to_str().unwrap_or_default(),
+            IdRepr::Text(text) => text,
+        }
+    }
+
+    /// The id as the `X-Request-ID` header value echoed on the response (`None` for an id given
+    /// in code that is not a valid header value).
+    pub fn to_header_value(&self) -> Option<HeaderValue> {
+        match &self.0 {
+            IdRepr::Header(value) => Some(value.clone()),
+            IdRepr::Text(text) => HeaderValue::from_str(text).ok(),
+        }
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for RequestId {
+    fn from(text: &str) -> Self {
+        RequestId(IdRepr::Text(Arc::from(text)))
+    }
+}
+
+impl From<String> for RequestId {
+    fn from(text: String) -> Self {
+        RequestId(IdRepr::Text(Arc::from(text)))
+    }
+}
+
+impl From<Arc<str>> for RequestId {
+    fn from(text: Arc<str>) -> Self {
+        RequestId(IdRepr::Text(text))
+    }
+}
+
 /// What every clone of one call's context shares.
 #[derive(Debug)]
 struct Call {
-    request_id: Arc<str>,
+    request_id: RequestId,
     deadline: Option<Instant>,
     timeout: Option<Duration>,
-    cancel: CancellationToken,
+    cancel: Cancel,
+}
+
+/// A call's cancellation: a flag, linked to the caller's, and a token made only when someone
+/// asks for one. Most requests are never cancelled and never hand out a token, and a
+/// `CancellationToken` costs an allocation and a locked tree update to make and to drop.
+#[derive(Debug, Default)]
+struct Cancel {
+    cancelled: AtomicBool,
+    /// The caller's, for a handle call: cancelled whenever it is.
+    parent: Option<Arc<Call>>,
+    token: OnceLock<CancellationToken>,
+}
+
+impl Cancel {
+    fn child(parent: &Arc<Call>) -> Self {
+        Cancel {
+            parent: Some(parent.clone()),
+            ..Cancel::default()
+        }
+    }
+
+    /// Whether this call or one of its callers was cancelled (also through a token handed
+    /// out, which its holder may cancel). A few atomic loads.
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+            || self
+                .token
+                .get()
+                .is_some_and(CancellationToken::is_cancelled)
+            || self
+                .parent
+                .as_ref()
+                .is_some_and(|p| p.cancel.is_cancelled())
+    }
+
+    /// Marks the call cancelled, and wakes whoever waits on its token (and the tokens of the
+    /// calls made under it, which are its children).
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
+        if let Some(token) = self.token.get() {
+            token.cancel();
+        }
+    }
+
+    /// The token, made on first use as a child of the caller's: it is cancelled with this
+    /// call (whether that happened before or after it was made) and with every caller.
+    fn token(&self) -> &CancellationToken {
+        let token = self.token.get_or_init(|| match &self.parent {
+            Some(parent) => parent.cancel.token().child_token(),
+            None => CancellationToken::new(),
+        });
+        // A `cancel` that ran before the token existed found nothing to wake.
+        if self.cancelled.load(Ordering::Acquire) {
+            token.cancel();
+        }
+        token
+    }
 }
 
 /// The part of a [`RequestContext`] that crosses a process boundary with a call.
@@ -122,13 +267,13 @@ pub struct WireContext {
 
 impl RequestContext {
     /// A fresh root context: the request id, and an optional end-to-end timeout from now.
-    pub fn new(request_id: impl Into<Arc<str>>, timeout: Option<Duration>) -> Self {
+    pub fn new(request_id: impl Into<RequestId>, timeout: Option<Duration>) -> Self {
         RequestContext {
             call: Arc::new(Call {
                 request_id: request_id.into(),
                 deadline: timeout.map(|t| Instant::now() + t),
                 timeout,
-                cancel: CancellationToken::new(),
+                cancel: Cancel::default(),
             }),
             model_id: None,
             deployment: None,
@@ -140,7 +285,7 @@ impl RequestContext {
     /// The part of this context that crosses a wire, as of now.
     pub fn to_wire(&self) -> WireContext {
         WireContext {
-            request_id: self.call.request_id.to_string(),
+            request_id: self.call.request_id.as_str().to_owned(),
             remaining: self.remaining(),
             timeout: self.call.timeout,
             model_id: self.model_id.as_deref().map(str::to_owned),
@@ -155,7 +300,7 @@ impl RequestContext {
                 request_id: wire.request_id.into(),
                 deadline: wire.remaining.map(|r| Instant::now() + r),
                 timeout: wire.timeout,
-                cancel: CancellationToken::new(),
+                cancel: Cancel::default(),
             }),
             model_id: wire.model_id.map(Arc::from),
             deployment: None,
@@ -212,7 +357,7 @@ impl RequestContext {
                 request_id: self.call.request_id.clone(),
                 deadline: self.call.deadline,
                 timeout: self.call.timeout,
-                cancel: self.call.cancel.child_token(),
+                cancel: Cancel::child(&self.call),
             }),
             model_id: None,
             deployment: Some(deployment.clone()),
@@ -223,6 +368,11 @@ impl RequestContext {
 
     /// The request id: the client's `x-request-id`, or a generated UUID.
     pub fn request_id(&self) -> &str {
+        self.call.request_id.as_str()
+    }
+
+    /// The request id as it is kept (cheap to clone, ready to echo as a header).
+    pub fn id(&self) -> &RequestId {
         &self.call.request_id
     }
 
@@ -263,12 +413,12 @@ impl RequestContext {
     /// Use it in `tokio::select!` to run code on cancellation, Ray's
     /// `except asyncio.CancelledError:`.
     pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.call.cancel.clone().cancelled_owned()
+        self.call.cancel.token().clone().cancelled_owned()
     }
 
     /// The cancellation token itself, to hand to blocking code or spawned work.
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.call.cancel.clone()
+        self.call.cancel.token().clone()
     }
 
     /// Marks the request cancelled, with every handle call made under it (the proxy does this
@@ -283,8 +433,9 @@ impl RequestContext {
         CURRENT.sync_scope(self.clone(), f)
     }
 
-    /// Runs `fut` with this context as [`current`].
-    pub fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+    /// Runs `fut` with this context as [`current`]. The context comes back from the returned
+    /// future with `TaskLocalFuture::take_value`.
+    pub fn scope<F: Future>(self, fut: F) -> TaskLocalFuture<RequestContext, F> {
         CURRENT.scope(self, fut)
     }
 }
@@ -390,17 +541,6 @@ pub fn with_current_replica<R>(f: impl FnOnce(&ReplicaTag, &str) -> R) -> Option
         .flatten()
 }
 
-/// A fresh request id: a random (version 4) UUID, for requests that come without
-/// `x-request-id` and for handle calls made outside any request.
-pub fn new_request_id() -> Arc<str> {
-    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    let text = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes())
-        .into_uuid()
-        .hyphenated()
-        .encode_lower(&mut buf);
-    Arc::from(&*text)
-}
-
 /// The context of the request being served on this task, if any.
 ///
 /// Inside a deployment's handler (HTTP or handle call) this is `Some`; elsewhere `None`.
@@ -464,6 +604,32 @@ mod tests {
         );
     }
 
+    /// Tokens made before or after a cancellation, of the call or of its caller, all end up
+    /// cancelled; a call cancelled alone leaves its caller running.
+    #[tokio::test]
+    async fn tokens_follow_the_calls_they_belong_to_whenever_they_are_made() {
+        let root = RequestContext::new("id", None);
+        let early = root.child(&Arc::from("A"));
+        let early_token = early.cancellation_token();
+        let late = root.child(&Arc::from("B"));
+        let only = root.child(&Arc::from("C"));
+        only.cancel();
+        assert!(only.is_cancelled() && only.cancellation_token().is_cancelled());
+        assert!(!root.is_cancelled() && !early.is_cancelled());
+        root.cancel();
+        assert!(early_token.is_cancelled(), "made before: woken");
+        assert!(late.is_cancelled());
+        assert!(
+            late.cancellation_token().is_cancelled(),
+            "made after: born cancelled"
+        );
+        let grandchild = late.child(&Arc::from("D"));
+        assert!(grandchild.is_cancelled());
+        tokio::time::timeout(Duration::from_secs(1), grandchild.cancelled())
+            .await
+            .expect("cancelled() resolves for a call whose caller was cancelled");
+    }
+
     #[tokio::test]
     async fn finished_work_is_not_cancelled() {
         let root = RequestContext::new("id", None);
@@ -481,6 +647,31 @@ mod tests {
         assert_eq!(ctx.remaining(), Some(Duration::from_millis(1500)));
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(ctx.remaining(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn request_ids_are_generated_or_taken_from_a_usable_header() {
+        let generated = RequestId::generate();
+        let text = generated.as_str();
+        assert_eq!(text.len(), 36);
+        assert_eq!(&text[14..15], "4", "version 4: {text}");
+        assert!(
+            matches!(&text[19..20], "8" | "9" | "a" | "b"),
+            "RFC variant: {text}"
+        );
+        assert_ne!(text, RequestId::generate().as_str());
+        let header = generated.to_header_value().unwrap();
+        assert_eq!(header.to_str().unwrap(), text);
+        let given = RequestId::from_header(&HeaderValue::from_static("abc-1")).unwrap();
+        assert_eq!(given.to_string(), "abc-1");
+        for bad in [
+            HeaderValue::from_static(""),
+            HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        ] {
+            assert!(RequestId::from_header(&bad).is_none(), "{bad:?}");
+        }
+        let long = HeaderValue::from_str(&"x".repeat(257)).unwrap();
+        assert!(RequestId::from_header(&long).is_none());
     }
 
     #[tokio::test]

@@ -26,7 +26,7 @@ use futures_util::Stream;
 use crate::context::{self, CancelOnDrop, RequestContext};
 use crate::error::Error;
 pub use crate::method::{Handles, HandlesStream};
-use crate::replica::{ReplicaSet, ReplicaSlot};
+use crate::replica::{Elsewhere, ReplicaMember, ReplicaSet};
 use crate::wire;
 
 /// A handle to a deployment: `Clone + Send + Sync`, cheap to clone, routed through the same
@@ -88,7 +88,7 @@ impl<T: Send + Sync + 'static> DeploymentHandle<T> {
     fn call_context(&self) -> RequestContext {
         let ctx = match context::current() {
             Some(parent) => parent.child(self.replicas.name()),
-            None => RequestContext::new(context::new_request_id(), None),
+            None => RequestContext::new(context::RequestId::generate(), None),
         };
         match &self.model_id {
             None => ctx,
@@ -116,48 +116,20 @@ impl<T: Send + Sync + 'static> DeploymentHandle<T> {
         M: Send + 'static,
     {
         let ctx = self.call_context();
-        let work_ctx = ctx.clone();
-        let call = async move {
-            let slot = self
-                .replicas
-                .acquire(work_ctx.multiplexed_model_id())
-                .await?;
-            match slot.endpoint().as_local() {
-                Some(local) => {
-                    let method = local.instance().call(msg);
-                    local.run(work_ctx, method, |_| false).await
-                }
-                None => self.send(&slot, msg, &work_ctx).await,
-            }
-        };
-        CancelOnDrop::new(ctx, |_| {}, call).await
-    }
-
-    /// A call to a replica elsewhere: `msg` encoded as its deployment's remote method.
-    async fn send<M>(
-        &self,
-        slot: &ReplicaSlot<T>,
-        msg: M,
-        ctx: &RequestContext,
-    ) -> Result<T::Output, Error>
-    where
-        T: Handles<M>,
-        M: Send + 'static,
-    {
-        let methods = self.replicas.methods();
-        let name = self.replicas.name();
-        let encoding_failed = |detail: String| Error::Deployment {
-            deployment: name.to_string(),
-            detail,
-        };
-        let call = methods
-            .encode_call(&msg, ctx.to_wire())
-            .ok_or_else(|| wire::unregistered::<M>(name))?
-            .map_err(encoding_failed)?;
-        let output = slot.endpoint().call_wire(call).await?;
-        methods
-            .decode_output::<M, T::Output>(&output)
-            .map_err(encoding_failed)
+        let replicas = &self.replicas;
+        let call = replicas.dispatch(
+            ctx.clone(),
+            msg,
+            |replica, msg| {
+                let instance = replica.instance().clone();
+                async move { instance.call(msg).await }
+            },
+            |slot, msg, ctx| -> Elsewhere<T::Output> {
+                Box::pin(send(replicas.clone(), slot.clone_endpoint(), msg, ctx))
+            },
+            |_| false,
+        );
+        Ok(CancelOnDrop::new(ctx, |_| {}, call).await?.output)
     }
 
     /// Runs `f` on one of the deployment's replicas, with the same routing, context and
@@ -167,6 +139,7 @@ impl<T: Send + Sync + 'static> DeploymentHandle<T> {
     where
         F: FnOnce(Arc<T>) -> Fut + Send,
         Fut: Future + Send,
+        Fut::Output: Send + 'static,
     {
         let ctx = self.call_context();
         let call = self.replicas.run_local(
@@ -175,7 +148,7 @@ impl<T: Send + Sync + 'static> DeploymentHandle<T> {
             |local| f(local.instance().clone()),
             |_| false,
         );
-        CancelOnDrop::new(ctx, |_| {}, async { Ok(call.await?.0) }).await
+        Ok(CancelOnDrop::new(ctx, |_| {}, call).await?.output)
     }
 
     /// Calls the deployment's streaming method for `msg` (Ray's `handle.options(stream=True)`):
@@ -213,6 +186,34 @@ impl<T: Send + Sync + 'static> DeploymentHandle<T> {
     pub fn num_replicas(&self) -> usize {
         self.replicas.balancer().len()
     }
+}
+
+/// A call to a replica elsewhere: `msg` encoded as its deployment's remote method, sent, and
+/// the output decoded.
+async fn send<T, M>(
+    replicas: Arc<ReplicaSet<T>>,
+    replica: Arc<ReplicaMember<T>>,
+    msg: M,
+    ctx: RequestContext,
+) -> Result<T::Output, Error>
+where
+    T: Handles<M>,
+    M: Send + 'static,
+{
+    let methods = replicas.methods();
+    let name = replicas.name();
+    let encoding_failed = |detail: String| Error::Deployment {
+        deployment: name.to_string(),
+        detail,
+    };
+    let call = methods
+        .encode_call(&msg, ctx.to_wire())
+        .ok_or_else(|| wire::unregistered::<M>(name))?
+        .map_err(encoding_failed)?;
+    let output = replica.endpoint().call_wire(call).await?;
+    methods
+        .decode_output::<M, T::Output>(&output)
+        .map_err(encoding_failed)
 }
 
 /// Something that must live as long as a response or a stream: a replica slot.

@@ -62,7 +62,7 @@ pub mod tag;
 pub mod wire;
 
 pub use batch::{Batch, BatchError, BatchOptions, StreamingBatch};
-pub use context::{current, on_cancel, shield, OnCancel, RequestContext};
+pub use context::{current, on_cancel, shield, OnCancel, RequestContext, RequestId};
 pub use deployment::{BoundDeployment, Deployment, DeploymentOptions, Reconfigure};
 pub use error::{BoxError, Error, Fault};
 pub use handle::{DeploymentHandle, Handles, HandlesStream};

@@ -2,12 +2,16 @@
 //!
 //! A constructor, handler, health check, model loader, eviction hook, batch function or stream
 //! that panics fails only its own work: the replica keeps serving, and the message reaches the
-//! log (never the client). Every such call site goes through [`catch`] or [`catch_sync`].
+//! log (never the client). Every such call site goes through [`catch`], [`catch_sync`] or
+//! [`catch_stream`].
 
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
+use futures_util::future::CatchUnwind;
 use futures_util::{FutureExt, Stream, StreamExt};
 
 /// The text of a panic payload: `panicked: <message>`, or `panicked` for a payload that is not
@@ -22,14 +26,32 @@ pub fn message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// The future of [`catch`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Catch<F> {
+        #[pin]
+        inner: CatchUnwind<AssertUnwindSafe<F>>,
+    }
+}
+
+impl<F: Future> Future for Catch<F> {
+    type Output = Result<F::Output, String>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let outcome = ready!(self.project().inner.poll(cx));
+        Poll::Ready(outcome.map_err(|payload| message(&*payload)))
+    }
+}
+
 /// Runs `fut`, turning a panic into `Err(message)`. Cancel safe: dropping it drops `fut`.
 ///
 /// User state a panic leaves half-updated is the user's; ferroserve's own state is never
 /// updated inside `fut`, which is why unwinding through it is sound here.
-pub fn catch<F: Future>(fut: F) -> impl Future<Output = Result<F::Output, String>> {
-    AssertUnwindSafe(fut)
-        .catch_unwind()
-        .map(|outcome| outcome.map_err(|payload| message(&*payload)))
+pub fn catch<F: Future>(fut: F) -> Catch<F> {
+    Catch {
+        inner: AssertUnwindSafe(fut).catch_unwind(),
+    }
 }
 
 /// Runs `f`, turning a panic into `Err(message)`.

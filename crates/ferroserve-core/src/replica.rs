@@ -18,16 +18,21 @@
 
 use std::any::Any;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
+use tokio::task::futures::TaskLocalFuture;
 
 use crate::balance::{Acquire, Balancer, Endpoint, Member, Slot};
 use crate::context::RequestContext;
 use crate::error::Error;
 use crate::metrics::DeploymentMetrics;
+use crate::panic::Catch;
 use crate::sync::lock;
 use crate::tag::ReplicaTag;
 use crate::wire::{Methods, WireCall};
@@ -110,38 +115,58 @@ impl<T: Send + Sync + 'static> LocalReplica<T> {
     /// so). A panic becomes [`Error::Deployment`], logged, and the replica keeps serving.
     /// Cancel safe: dropping it drops `fut` (a dropped request is not counted here; the proxy
     /// counts it as 499).
-    pub async fn run<Fut: Future>(
+    pub fn run<Fut: Future>(
         &self,
         ctx: RequestContext,
         fut: Fut,
         failed: fn(&Fut::Output) -> bool,
-    ) -> Result<Fut::Output, Error> {
-        run_as(&self.tag, ctx, fut, failed).await
+    ) -> RunOnReplica<Fut> {
+        RunOnReplica {
+            start: self.tag.metrics().start(),
+            work: ctx.on_replica(&self.tag).scope(crate::panic::catch(fut)),
+            failed,
+        }
     }
 }
 
-/// [`LocalReplica::run`], for the replica tagged `tag`.
-async fn run_as<Fut: Future>(
-    tag: &Arc<ReplicaTag>,
-    ctx: RequestContext,
-    fut: Fut,
-    failed: fn(&Fut::Output) -> bool,
-) -> Result<Fut::Output, Error> {
-    let metrics = tag.metrics();
-    let start = metrics.start();
-    let outcome = ctx
-        .on_replica(tag)
-        .scope(async {
-            crate::panic::catch(fut).await.inspect_err(|detail| {
-                tracing::error!("handler {detail}");
-            })
+pin_project_lite::pin_project! {
+    /// The future of [`LocalReplica::run`]: the work, in its context, counted when it ends.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct RunOnReplica<Fut: Future> {
+        #[pin]
+        work: TaskLocalFuture<RequestContext, Catch<Fut>>,
+        start: Option<Instant>,
+        failed: fn(&Fut::Output) -> bool,
+    }
+}
+
+impl<Fut: Future> Future for RunOnReplica<Fut> {
+    /// The output, with the call's context (naming the replica) for what comes after.
+    type Output = Result<(Fut::Output, RequestContext), Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let outcome = ready!(this.work.as_mut().poll(cx));
+        // The context stays with the finished future.
+        let Some(ctx) = this.work.take_value() else {
+            unreachable!("the context is handed back once");
+        };
+        let Some(replica) = ctx.replica() else {
+            unreachable!("run on a replica's context");
+        };
+        let failed = outcome.as_ref().map_or(true, *this.failed);
+        replica.metrics().finish(*this.start, failed);
+        Poll::Ready(match outcome {
+            Ok(output) => Ok((output, ctx)),
+            Err(detail) => {
+                ctx.enter(|| tracing::error!("handler {detail}"));
+                Err(Error::Deployment {
+                    deployment: replica.deployment().to_string(),
+                    detail,
+                })
+            }
         })
-        .await;
-    metrics.finish(start, outcome.as_ref().map_or(true, failed));
-    outcome.map_err(|detail| Error::Deployment {
-        deployment: tag.deployment().to_string(),
-        detail,
-    })
+    }
 }
 
 impl<T: Send + Sync + 'static> Endpoint for LocalReplica<T> {
@@ -172,11 +197,10 @@ impl<T: Send + Sync + 'static> Replica<T> for LocalReplica<T> {
             ))))
             .boxed();
         };
-        let tag = self.tag.clone();
+        let run = self.run(RequestContext::from_wire(ctx), serve, Result::is_err);
         async move {
-            let ctx = RequestContext::from_wire(ctx);
-            run_as(&tag, ctx, serve, Result::is_err)
-                .await?
+            run.await?
+                .0
                 .map_err(|detail| Error::Deployment { deployment, detail })
         }
         .boxed()
@@ -184,6 +208,149 @@ impl<T: Send + Sync + 'static> Replica<T> for LocalReplica<T> {
 
     fn model_ids(&self) -> Vec<String> {
         self.tag.models().list()
+    }
+}
+
+/// The error for `what` routed to a replica elsewhere that needs one in this process.
+fn not_in_process<T: Send + Sync + 'static>(slot: &ReplicaSlot<T>, what: &'static str) -> Error {
+    Error::NotInProcess {
+        deployment: slot.balancer().name().to_string(),
+        replica: slot.endpoint().id().to_owned(),
+        what,
+    }
+}
+
+/// What a dispatched call ends with: its output, the slot it holds on its replica (for a
+/// response that goes on streaming), and its context.
+#[derive(Debug)]
+pub struct Dispatched<O, T: Send + Sync + 'static> {
+    /// What the call returned.
+    pub output: O,
+    /// The slot; the replica counts the call until it is dropped.
+    pub slot: ReplicaSlot<T>,
+    /// The call's context (naming the replica, for a call in this process).
+    pub ctx: RequestContext,
+}
+
+/// A call on a replica elsewhere, as [`ReplicaSet::dispatch`] makes it.
+pub type Elsewhere<O> = BoxFuture<'static, Result<O, Error>>;
+
+pin_project_lite::pin_project! {
+    /// A call on one of a deployment's replicas: the future of [`ReplicaSet::dispatch`]. It
+    /// waits for a slot, then runs on the replica it got; the caller's future is moved once,
+    /// into place.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Dispatch<T, M, L, R, Fut>
+    where
+        T: Send,
+        T: Sync,
+        T: 'static,
+        Fut: Future,
+    {
+        #[pin]
+        stage: Stage<T, M, L, R, Fut>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProj]
+    #[project_replace = StageOwn]
+    enum Stage<T, M, L, R, Fut>
+    where
+        T: Send,
+        T: Sync,
+        T: 'static,
+        Fut: Future,
+    {
+        // Waiting for a slot.
+        Waiting {
+            acquire: Acquire<dyn Replica<T>>,
+            ctx: RequestContext,
+            msg: M,
+            local: L,
+            elsewhere: R,
+            failed: fn(&Fut::Output) -> bool,
+        },
+        // Running on a replica in this process.
+        Local {
+            slot: ReplicaSlot<T>,
+            #[pin]
+            run: RunOnReplica<Fut>,
+        },
+        // Running on a replica elsewhere.
+        Remote {
+            slot: ReplicaSlot<T>,
+            ctx: RequestContext,
+            call: Elsewhere<Fut::Output>,
+        },
+        // Finished.
+        Done,
+    }
+}
+
+impl<T, M, L, R, Fut> Future for Dispatch<T, M, L, R, Fut>
+where
+    T: Send + Sync + 'static,
+    L: FnOnce(&LocalReplica<T>, M) -> Fut,
+    R: FnOnce(&ReplicaSlot<T>, M, RequestContext) -> Elsewhere<Fut::Output>,
+    Fut: Future,
+{
+    type Output = Result<Dispatched<Fut::Output, T>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut stage = self.project().stage;
+        loop {
+            match stage.as_mut().project() {
+                StageProj::Waiting { acquire, .. } => {
+                    let acquired = ready!(Pin::new(acquire).poll(cx));
+                    let StageOwn::Waiting {
+                        ctx,
+                        msg,
+                        local,
+                        elsewhere,
+                        failed,
+                        ..
+                    } = stage.as_mut().project_replace(Stage::Done)
+                    else {
+                        unreachable!("in the waiting stage");
+                    };
+                    let slot = acquired?;
+                    let next = match slot.endpoint().as_local() {
+                        Some(replica) => {
+                            let run = replica.run(ctx, local(replica, msg), failed);
+                            Stage::Local { slot, run }
+                        }
+                        None => {
+                            let call = elsewhere(&slot, msg, ctx.clone());
+                            Stage::Remote { slot, ctx, call }
+                        }
+                    };
+                    stage.set(next);
+                }
+                StageProj::Local { run, .. } => {
+                    let outcome = ready!(run.poll(cx));
+                    let StageOwn::Local { slot, .. } = stage.as_mut().project_replace(Stage::Done)
+                    else {
+                        unreachable!("in the local stage");
+                    };
+                    return Poll::Ready(outcome.map(|(output, ctx)| Dispatched {
+                        output,
+                        slot,
+                        ctx,
+                    }));
+                }
+                StageProj::Remote { call, .. } => {
+                    let outcome = ready!(call.as_mut().poll(cx));
+                    let StageOwn::Remote { slot, ctx, .. } =
+                        stage.as_mut().project_replace(Stage::Done)
+                    else {
+                        unreachable!("in the remote stage");
+                    };
+                    return Poll::Ready(outcome.map(|output| Dispatched { output, slot, ctx }));
+                }
+                StageProj::Done => panic!("Dispatch polled after completion"),
+            }
+        }
     }
 }
 
@@ -248,26 +415,68 @@ impl<T: Send + Sync + 'static> ReplicaSet<T> {
         self.balancer.acquire_for(model_id)
     }
 
-    /// Takes a slot on a replica (for `ctx`'s model, if it names one) and runs `f` on it as
-    /// [`LocalReplica::run`] does, handing the slot back with the output (for a response that
-    /// goes on streaming after the handler returns). `what` names the call for
-    /// [`Error::NotInProcess`], the error when the replica picked is not in this process.
-    /// Cancel safe: dropping it leaves the queue or drops the work.
-    pub async fn run_local<F, Fut>(
+    /// Takes a slot on a replica (for `ctx`'s model, if it names one) and runs the call on it:
+    /// `local(replica, msg)` on a replica in this process (as [`LocalReplica::run`] does), or
+    /// `elsewhere(slot, msg, ctx)` on one elsewhere. Resolves to the output with its slot and
+    /// context ([`Dispatched`], for a response that goes on streaming after the handler
+    /// returns). Cancel safe: dropping it leaves the queue or drops the work.
+    pub fn dispatch<M, L, R, Fut>(
+        &self,
+        ctx: RequestContext,
+        msg: M,
+        local: L,
+        elsewhere: R,
+        failed: fn(&Fut::Output) -> bool,
+    ) -> Dispatch<T, M, L, R, Fut>
+    where
+        L: FnOnce(&LocalReplica<T>, M) -> Fut,
+        R: FnOnce(&ReplicaSlot<T>, M, RequestContext) -> Elsewhere<Fut::Output>,
+        Fut: Future,
+    {
+        Dispatch {
+            stage: Stage::Waiting {
+                acquire: self.acquire(ctx.multiplexed_model_id()),
+                ctx,
+                msg,
+                local,
+                elsewhere,
+                failed,
+            },
+        }
+    }
+
+    /// As [`ReplicaSet::dispatch`] for work that needs the instance: `f` runs on a replica in
+    /// this process; one elsewhere fails the call with [`Error::NotInProcess`] (`what` names
+    /// the call in it).
+    #[allow(clippy::type_complexity)]
+    pub fn run_local<F, Fut>(
         &self,
         ctx: RequestContext,
         what: &'static str,
         f: F,
         failed: fn(&Fut::Output) -> bool,
-    ) -> Result<(Fut::Output, ReplicaSlot<T>), Error>
+    ) -> Dispatch<
+        T,
+        F,
+        fn(&LocalReplica<T>, F) -> Fut,
+        impl FnOnce(&ReplicaSlot<T>, F, RequestContext) -> Elsewhere<Fut::Output>,
+        Fut,
+    >
     where
         F: FnOnce(&LocalReplica<T>) -> Fut,
         Fut: Future,
+        Fut::Output: Send + 'static,
     {
-        let slot = self.acquire(ctx.multiplexed_model_id()).await?;
-        let local = self.local(&slot, what)?;
-        let out = local.run(ctx, f(local), failed).await?;
-        Ok((out, slot))
+        fn call<T: Send + Sync + 'static, F: FnOnce(&LocalReplica<T>) -> Fut, Fut>(
+            replica: &LocalReplica<T>,
+            f: F,
+        ) -> Fut {
+            f(replica)
+        }
+        let elsewhere = move |slot: &ReplicaSlot<T>, _: F, _: RequestContext| -> Elsewhere<_> {
+            Box::pin(std::future::ready(Err(not_in_process(slot, what))))
+        };
+        self.dispatch(ctx, f, call::<T, F, Fut>, elsewhere, failed)
     }
 
     /// The replica a slot is on, if it is in this process; else [`Error::NotInProcess`].
@@ -278,11 +487,7 @@ impl<T: Send + Sync + 'static> ReplicaSet<T> {
     ) -> Result<&'s LocalReplica<T>, Error> {
         slot.endpoint()
             .as_local()
-            .ok_or_else(|| Error::NotInProcess {
-                deployment: self.name().to_string(),
-                replica: slot.endpoint().id().to_owned(),
-                what,
-            })
+            .ok_or_else(|| not_in_process(slot, what))
     }
 
     /// The next replica id, `Deployment#n`.

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use ferroserve_core::replica::{LocalReplica, ReplicaSet};
 use ferroserve_core::RequestContext;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 
 use crate::stream::attach;
 
@@ -27,24 +27,21 @@ pub trait HttpEndpoint: Send + Sync + 'static {
 /// Takes a slot on a replica in this process and runs the HTTP handler `f` on it, under `ctx`.
 /// The response keeps the slot for as long as its body streams (a complete body releases it at
 /// once); a 5xx counts as a deployment error in the metrics; a failure to get a replica is
-/// answered with its status.
-pub(crate) async fn respond_on_replica<T, F, Fut>(
+/// answered with its status. Cancel safe.
+pub(crate) fn respond_on_replica<T, F, Fut>(
     replicas: &ReplicaSet<T>,
     ctx: RequestContext,
     f: F,
-) -> Response
+) -> impl Future<Output = Response> + use<T, F, Fut>
 where
     T: Send + Sync + 'static,
     F: FnOnce(&LocalReplica<T>) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let outcome = replicas
-        .run_local(ctx.clone(), "an HTTP request", f, |r| {
-            r.status().is_server_error()
+    replicas
+        .run_local(ctx, "an HTTP request", f, |r| r.status().is_server_error())
+        .map(|outcome| match outcome {
+            Ok(done) => attach(done.output, done.ctx, done.slot),
+            Err(e) => e.into_response(),
         })
-        .await;
-    match outcome {
-        Ok((response, slot)) => attach(response, ctx, slot),
-        Err(e) => e.into_response(),
-    }
 }

@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use ferroserve_core::replica::ReplicaSet;
 use ferroserve_core::{Error, RequestContext};
-use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::future::BoxFuture;
 use http::{HeaderMap, Method, StatusCode, Uri};
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
@@ -272,16 +272,12 @@ impl<T: Ingress> HttpEndpoint for IngressEndpoint<T> {
         request: http::Request<Body>,
         ctx: RequestContext,
     ) -> BoxFuture<'static, Response> {
-        let replicas = self.replicas.clone();
-        async move {
-            let request = Request::new(request, ctx.clone());
-            respond_on_replica(&replicas, ctx, move |replica| {
-                let instance = replica.instance().clone();
-                async move { instance.call(request).await.into_response() }
-            })
-            .await
-        }
-        .boxed()
+        let request = Request::new(request, ctx.clone());
+        let respond = respond_on_replica(&self.replicas, ctx, move |replica| {
+            let instance = replica.instance().clone();
+            async move { instance.call(request).await.into_response() }
+        });
+        Box::pin(respond)
     }
 }
 

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use ferroserve_core::context::RequestId;
 use ferroserve_core::deployment::ReplicaInfo;
 use ferroserve_core::metrics::{with_global, DeploymentMetrics, Histogram, Sharded};
 use ferroserve_core::sync::lock;
@@ -235,7 +236,7 @@ impl ProxyMetrics {
         route: Option<(Option<RouteId>, &str, &str)>,
         method: &Method,
         path: &str,
-        request_id: &Arc<str>,
+        request_id: &RequestId,
     ) -> HttpObservation<'_> {
         let metrics = match route {
             Some((id, _, _)) => id.and_then(|RouteId(i)| self.routes.get(i)),
@@ -272,7 +273,7 @@ struct AccessLog {
     route: String,
     path: String,
     application: String,
-    request_id: Arc<str>,
+    request_id: RequestId,
 }
 
 /// One HTTP request being observed. See [`ProxyMetrics::observe`].
@@ -303,7 +304,7 @@ impl HttpObservation<'_> {
                 path: &log.path,
                 status,
                 latency_ms: latency.as_micros() as f64 / 1000.0,
-                request_id: &log.request_id,
+                request_id: log.request_id.as_str(),
                 application: &log.application,
             };
             if !crate::access_log::write_fast(&record) {

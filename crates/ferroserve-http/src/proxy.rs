@@ -18,7 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use ferroserve_core::context::{new_request_id, CancelOnDrop};
+use ferroserve_core::context::{CancelOnDrop, RequestId};
 use ferroserve_core::{Error, RequestContext};
 use futures_util::FutureExt;
 use http::{HeaderValue, StatusCode};
@@ -177,16 +177,14 @@ pub(crate) fn find_route<'a>(
     routes.iter().find(|r| prefix_matches(&r.prefix, rest))
 }
 
-const REQUEST_ID: &str = "x-request-id";
+static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The client's `x-request-id` (printable, at most 256 bytes), else a fresh UUID.
-fn request_id(req: &http::Request<Incoming>) -> Arc<str> {
+fn request_id(req: &http::Request<Incoming>) -> RequestId {
     req.headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 256)
-        .map(Arc::from)
-        .unwrap_or_else(new_request_id)
+        .get(&REQUEST_ID)
+        .and_then(RequestId::from_header)
+        .unwrap_or_else(RequestId::generate)
 }
 
 /// Answers one request. Cancel safe: dropping it (client gone) cancels the request's work.
@@ -227,8 +225,8 @@ async fn respond(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Respon
         observation.finish(response.status());
         response
     };
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+    if let Some(value) = request_id.to_header_value() {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
     }
     if http1
         && response.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -269,7 +267,7 @@ fn limit_body(limits: &Limits, req: http::Request<Incoming>) -> Result<http::Req
 fn route_request(
     state: &Arc<ProxyState>,
     route: &Route,
-    request_id: &Arc<str>,
+    request_id: &RequestId,
     model_id: Option<Arc<str>>,
     req: http::Request<Incoming>,
 ) -> impl std::future::Future<Output = Response> + Send + 'static {
@@ -293,7 +291,7 @@ fn route_request(
                 Err(_) => {
                     tracing::warn!(request_id = %request_id, "request timed out after {timeout:?}, cancelled");
                     Error::Timeout {
-                        request_id: request_id.to_string(),
+                        request_id: request_id.as_str().to_owned(),
                         timeout,
                     }
                     .into_response()

@@ -1,4 +1,4 @@
-//! One route per built-in HTTP adapter, plus a validated model (the seed's pydantic `User`).
+//! One route per built-in HTTP adapter, plus a validated model (the guide's pydantic `User`).
 //!
 //! ```sh
 //! cargo run --example adapters
@@ -26,7 +26,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-/// The seed's pydantic `User`, as a validated serde type.
+/// The pydantic `User` of Ray Serve's HTTP guide, as a validated serde type.
 #[derive(Debug, Serialize, Deserialize, JsonSchema, Validate)]
 struct User {
     #[garde(skip)]

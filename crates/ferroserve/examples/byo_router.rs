@@ -1,4 +1,4 @@
-//! The seed's "bring your own FastAPI app": an existing router, written without ferroserve in
+//! "Bring your own FastAPI app" from Ray Serve's HTTP guide: an existing router, written without ferroserve in
 //! mind, served unchanged and replicated.
 //!
 //! ```sh

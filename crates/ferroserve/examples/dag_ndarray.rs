@@ -1,4 +1,4 @@
-//! The seed's DAGDriver snippet: a `Model` that sums the array, behind a DAG driver whose HTTP
+//! The DAGDriver snippet of Ray Serve's HTTP guide: a `Model` that sums the array, behind a DAG driver whose HTTP
 //! adapter is `json_to_ndarray`.
 //!
 //! ```sh

@@ -1,4 +1,4 @@
-//! The seed's basic disconnect example: the handler sleeps "forever"; when the client gives up,
+//! The basic disconnect example of Ray Serve's HTTP guide: the handler sleeps "forever"; when the client gives up,
 //! the request is cancelled and the handler says so.
 //!
 //! ```sh
@@ -16,7 +16,7 @@ impl Ingress for Startled {
     type Output = &'static str;
 
     async fn call(&self, _request: Request) -> &'static str {
-        // The seed's `except asyncio.CancelledError:` — runs only if the request is cancelled.
+        // Ray's `except asyncio.CancelledError:` — runs only if the request is cancelled.
         let _cancelled = ferroserve::on_cancel(|| println!("Request got cancelled!"));
         println!("Replica received request!");
         tokio::time::sleep(Duration::from_secs(10_000)).await;

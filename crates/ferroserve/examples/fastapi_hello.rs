@@ -1,4 +1,4 @@
-//! The seed's basic FastAPI deployment: a typed route whose handler reaches the replica (`self`),
+//! The basic FastAPI deployment of Ray Serve's HTTP guide: a typed route whose handler reaches the replica (`self`),
 //! mounted under `/hello`, with OpenAPI docs at `/hello/docs`.
 //!
 //! ```sh

@@ -1,4 +1,4 @@
-//! The seed's FastAPI deployment with several routes and methods.
+//! The FastAPI deployment with several routes and methods, from Ray Serve's HTTP guide.
 //!
 //! ```sh
 //! cargo run --example fastapi_multi_routes

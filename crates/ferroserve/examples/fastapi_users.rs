@@ -27,7 +27,7 @@ use garde::Validate;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A user, as the seed's pydantic `User`.
+/// A user, as the guide's pydantic `User`.
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema, Validate)]
 struct User {
     /// A positive id.

@@ -1,4 +1,4 @@
-//! The seed's shielded disconnect example: a shielded one-second `snore` still prints `ZZZ`
+//! The shielded disconnect example of Ray Serve's HTTP guide: a shielded one-second `snore` still prints `ZZZ`
 //! after the request that started it is cancelled.
 //!
 //! ```sh
@@ -29,7 +29,7 @@ impl Ingress for SnoringSleeper {
         let _cancelled =
             ferroserve::on_cancel(|| println!("SnoringSleeper's request was cancelled!"));
         println!("SnoringSleeper received request!");
-        // Prevent snore() from being cancelled (the seed's `asyncio.shield`).
+        // Prevent snore() from being cancelled (Ray's `asyncio.shield`).
         ferroserve::shield(Self::snore()).await;
         "rested"
     }

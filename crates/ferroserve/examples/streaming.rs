@@ -1,4 +1,4 @@
-//! The seed's streaming example: `GET /?max=10` streams `0` … `9`, one chunk every 0.1 s, each
+//! The streaming example of Ray Serve's HTTP guide: `GET /?max=10` streams `0` … `9`, one chunk every 0.1 s, each
 //! arriving as it is produced.
 //!
 //! ```sh

@@ -1,4 +1,4 @@
-//! The seed's stream-cancellation example: streams numbers forever; when the client
+//! The stream-cancellation example of Ray Serve's HTTP guide: streams numbers forever; when the client
 //! disconnects, the generator is cancelled and prints `Cancelled! Exiting.`
 //!
 //! ```sh
@@ -18,7 +18,7 @@ struct StreamingResponder;
 impl StreamingResponder {
     fn generate_forever() -> impl Stream<Item = String> {
         stream! {
-            // The seed's `except asyncio.CancelledError:`.
+            // Ray's `except asyncio.CancelledError:`.
             let _cancelled = ferroserve::on_cancel(|| println!("Cancelled! Exiting."));
             let mut i: u64 = 0;
             loop {

@@ -1,4 +1,4 @@
-//! The seed's WebSocket example: `ws://localhost:8000` echoes each text message.
+//! The WebSocket example of Ray Serve's HTTP guide: `ws://localhost:8000` echoes each text message.
 //!
 //! ```sh
 //! cargo run --example websocket_echo

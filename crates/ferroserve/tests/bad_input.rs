@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// The seed's `__call__`: parses the body as JSON and echoes it.
+/// Ray's `__call__`: parses the body as JSON and echoes it.
 struct Raw;
 
 impl Ingress for Raw {

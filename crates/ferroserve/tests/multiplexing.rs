@@ -470,7 +470,7 @@ async fn zero_models_per_replica_fails_start_up_naming_the_deployment() {
     );
 }
 
-/// The example (DESIGN §5: examples are the contract), as its own process. Seven models on two
+/// The example (examples are the contract), as its own process. Seven models on two
 /// replicas of three places each: a replica given more than three evicts, printing it.
 #[tokio::test]
 async fn the_example_loads_models_where_routed_and_evicts_beyond_three() {

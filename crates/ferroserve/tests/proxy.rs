@@ -1,4 +1,4 @@
-//! The proxy's HTTP semantics (DESIGN §4), through real HTTP clients on ephemeral ports.
+//! The proxy's HTTP semantics (Ray Serve's, kept), through real HTTP clients on ephemeral ports.
 
 use ferroserve_test_support as common;
 

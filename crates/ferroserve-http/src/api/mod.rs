@@ -37,7 +37,7 @@ use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use ferroserve_core::replica::{LocalReplica, ReplicaSet};
-use ferroserve_core::RequestContext;
+use ferroserve_core::{Error, RequestContext};
 use futures_util::future::{BoxFuture, FutureExt};
 use http::{header, HeaderValue, Method, StatusCode, Uri};
 use tower::ServiceExt;
@@ -237,49 +237,47 @@ const DOCS_HTML: &str = include_str!("docs.html");
 impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
     fn respond(
         &self,
-        request: http::Request<Body>,
+        mut request: http::Request<Body>,
         ctx: RequestContext,
     ) -> BoxFuture<'static, Response> {
-        let replicas = self.replicas.clone();
         let build = self.build;
-        async move {
-            let mut request = request;
-            // An upgrade (WebSocket) keeps its replica slot for the life of the connection.
-            let pin = request
-                .headers()
-                .contains_key(header::UPGRADE)
-                .then(PinnedSlot::default);
-            if let Some(pin) = &pin {
-                request.extensions_mut().insert(pin.clone());
-            }
-            let large = may_exceed_axum_default(request.body());
-            let app_ctx = ctx.clone();
-            let title = replicas.name().clone();
-            let outcome = replicas
-                .run_local(
-                    ctx.clone(),
-                    "an HTTP request",
-                    move |replica: &LocalReplica<T>| {
-                        let app = replica.extension(build).expect("one HTTP app per replica");
-                        let axum_router = if large { &app.unlimited } else { &app.router };
-                        let (axum_router, openapi) = (axum_router.clone(), app.openapi.clone());
-                        call_router(axum_router, openapi, title, app_ctx, request)
-                    },
-                    |r| r.status().is_server_error(),
-                )
-                .await;
-            match (outcome, pin) {
-                (Ok((response, slot)), Some(pin))
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
-                {
-                    pin.keep(Box::new(slot));
-                    response
-                }
-                (Ok((response, slot)), _) => attach(response, ctx, slot),
-                (Err(e), _) => e.into_response(),
+        // An upgrade (WebSocket) keeps its replica slot for the life of the connection.
+        let pin = request
+            .headers()
+            .contains_key(header::UPGRADE)
+            .then(PinnedSlot::default);
+        if let Some(pin) = &pin {
+            request.extensions_mut().insert(pin.clone());
+        }
+        let large = may_exceed_axum_default(request.body());
+        let root = scope::of(&ctx).map_or("", |s| s.root_path());
+        let doc = DocPage::of(&request, root).map(|page| (page, self.replicas.name().clone()));
+        if doc.is_none() {
+            if let Err(bad) = to_app_path(root, &mut request) {
+                return Box::pin(std::future::ready(bad.into_response()));
             }
         }
-        .boxed()
+        let call = move |replica: &LocalReplica<T>| {
+            let app = replica.extension(build).expect("one HTTP app per replica");
+            let axum_router = if large { &app.unlimited } else { &app.router };
+            call_router(axum_router.clone(), app.openapi.clone(), doc, request)
+        };
+        let respond = self
+            .replicas
+            .run_local(ctx, "an HTTP request", call, |r| {
+                r.status().is_server_error()
+            })
+            .map(move |outcome| match (outcome, pin) {
+                (Ok(done), Some(pin))
+                    if done.output.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                {
+                    pin.keep(Box::new(done.slot));
+                    done.output
+                }
+                (Ok(done), _) => attach(done.output, done.ctx, done.slot),
+                (Err(e), _) => e.into_response(),
+            });
+        Box::pin(respond)
     }
 }
 
@@ -295,37 +293,77 @@ fn may_exceed_axum_default(body: &Body) -> bool {
         .is_none_or(|upper| upper > AXUM_DEFAULT_BODY_LIMIT)
 }
 
-/// Answers `request` with one replica's router: `{root}/openapi.json` and `{root}/docs` when the
-/// app has a document, else the router, on the path relative to `root`.
+/// `{root}/openapi.json` and `{root}/docs`, which an app with a document serves itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DocPage {
+    OpenApi,
+    Docs,
+}
+
+/// A documentation page: the page, the application's root path and its title.
+type DocRequest = ((DocPage, String), Arc<str>);
+
+impl DocPage {
+    /// The page `request` asks for, with the root path it is under.
+    fn of(request: &http::Request<Body>, root: &str) -> Option<(DocPage, String)> {
+        if request.method() != Method::GET {
+            return None;
+        }
+        let page = match relative_path(root, request.uri().path()) {
+            "/openapi.json" => DocPage::OpenApi,
+            "/docs" => DocPage::Docs,
+            _ => return None,
+        };
+        Some((page, root.to_owned()))
+    }
+}
+
+/// Rewrites the request's URI to the path relative to the application's `root`, as its router
+/// expects; a path that cannot be a URI any more is a `400`.
+fn to_app_path(root: &str, request: &mut http::Request<Body>) -> Result<(), Error> {
+    if root.is_empty() {
+        return Ok(());
+    }
+    let uri = request.uri();
+    let rewritten = match (relative_path(root, uri.path()), uri.query()) {
+        // The application's root, the most common request of all: no allocation.
+        ("/", None) => Ok(Uri::from_static("/")),
+        // One allocation, handed to `Uri` without a copy.
+        (rel, Some(q)) => Uri::try_from(format!("{rel}?{q}")),
+        (rel, None) => Uri::try_from(rel.to_owned()),
+    };
+    match rewritten {
+        Ok(uri) => {
+            *request.uri_mut() = uri;
+            Ok(())
+        }
+        Err(_) => Err(Error::bad_request(
+            StatusCode::BAD_REQUEST,
+            "Invalid request path",
+        )),
+    }
+}
+
+/// Answers `request` with one replica's router (its URI already relative to the application's
+/// root), or with a documentation page when the app has a document.
 async fn call_router(
     router: axum::Router,
     openapi: Option<Arc<OpenApi>>,
-    title: Arc<str>,
-    ctx: RequestContext,
-    request: http::Request<Body>,
+    doc: Option<DocRequest>,
+    mut request: http::Request<Body>,
 ) -> Response {
-    let root = scope::of(&ctx).map_or("", |s| s.root_path());
-    let (mut parts, body) = request.into_parts();
-    let rel = relative_path(root, parts.uri.path());
-    if let (Some(doc), true) = (&openapi, parts.method == Method::GET) {
-        match rel {
-            "/openapi.json" => return openapi_json(doc, &title, root),
-            "/docs" => return docs_page(root),
-            _ => {}
+    if let Some(((page, root), title)) = doc {
+        match (&openapi, page) {
+            (Some(doc), DocPage::OpenApi) => return openapi_json(doc, &title, &root),
+            (Some(_), DocPage::Docs) => return docs_page(&root),
+            (None, _) => {
+                if let Err(bad) = to_app_path(&root, &mut request) {
+                    return bad.into_response();
+                }
+            }
         }
     }
-    if !root.is_empty() {
-        // One allocation, handed to `Uri` without a copy.
-        let rewritten = match parts.uri.query() {
-            Some(q) => format!("{rel}?{q}"),
-            None => rel.to_owned(),
-        };
-        match Uri::try_from(rewritten) {
-            Ok(uri) => parts.uri = uri,
-            Err(_) => return (StatusCode::BAD_REQUEST, "Invalid request path").into_response(),
-        }
-    }
-    let response = match router.oneshot(http::Request::from_parts(parts, body)).await {
+    let response = match router.oneshot(request).await {
         Ok(response) => response,
         Err(never) => match never {},
     };
@@ -335,8 +373,9 @@ async fn call_router(
 /// axum answers unknown routes and methods with empty bodies; FastAPI with `{"detail": ...}`.
 fn fastapi_defaults(response: Response) -> Response {
     let status = response.status();
-    let empty = !response.headers().contains_key(header::CONTENT_TYPE);
-    if !empty || !(status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED) {
+    if !(status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED)
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
         return response;
     }
     let (parts, _) = response.into_parts();

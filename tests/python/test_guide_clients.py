@@ -1,4 +1,4 @@
-"""The seed's own client code (Python `requests`), run against the ferroserve examples."""
+"""The client code of Ray Serve's HTTP guide (Python `requests`), run unchanged against the ferroserve examples."""
 
 import time
 
