@@ -5,7 +5,7 @@
 #![no_main]
 
 use ferroserve::__fuzz::{find_route, mount, prefix_matches, relative_path};
-use ferroserve::app::validate_route_prefix;
+use ferroserve::route::validate_route_prefix;
 use libfuzzer_sys::fuzz_target;
 
 /// The input, one item a line: the root path, the request path, then the route prefixes.

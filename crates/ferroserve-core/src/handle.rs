@@ -291,3 +291,280 @@ impl<I> Drop for ResponseStream<I> {
 }
 
 impl<I> Unpin for ResponseStream<I> {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use futures_util::future::BoxFuture;
+    use futures_util::{FutureExt, StreamExt};
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+    use crate::balance::{Endpoint, Member};
+    use crate::deployment::Deployment;
+    use crate::replica::{LocalReplica, Replica};
+    use crate::wire::WireCall;
+
+    /// What a replica saw of the call it ran.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Seen {
+        request_id: String,
+        deployment: String,
+        replica: String,
+        model_id: Option<String>,
+        remaining_ms: Option<u128>,
+    }
+
+    struct Model;
+
+    #[derive(Serialize, Deserialize)]
+    struct Look;
+
+    impl Handles<Look> for Model {
+        type Output = Seen;
+        async fn call(&self, _: Look) -> Seen {
+            let ctx = crate::current().expect("a call runs under its context");
+            Seen {
+                request_id: ctx.request_id().to_owned(),
+                deployment: ctx.deployment().to_owned(),
+                replica: ctx
+                    .replica()
+                    .map(|r| r.replica_id().to_owned())
+                    .unwrap_or_default(),
+                model_id: ctx.multiplexed_model_id().map(str::to_owned),
+                remaining_ms: ctx.remaining().map(|d| d.as_millis()),
+            }
+        }
+    }
+
+    /// Waits until told to finish; records whether it was cancelled.
+    struct Hold(tokio::sync::watch::Receiver<bool>, Arc<AtomicBool>);
+
+    impl Handles<Hold> for Model {
+        type Output = ();
+        async fn call(&self, Hold(mut go, cancelled): Hold) {
+            let ctx = crate::current().expect("a call runs under its context");
+            struct Guard(RequestContext, Arc<AtomicBool>);
+            impl Drop for Guard {
+                fn drop(&mut self) {
+                    self.1.store(self.0.is_cancelled(), Ordering::SeqCst);
+                }
+            }
+            let _guard = Guard(ctx, cancelled);
+            let _ = go.wait_for(|go| *go).await;
+        }
+    }
+
+    struct Explode;
+
+    impl Handles<Explode> for Model {
+        type Output = ();
+        async fn call(&self, _: Explode) {
+            panic!("the model fell over");
+        }
+    }
+
+    async fn started(replicas: usize, max_ongoing: usize) -> crate::BoundDeployment<Model> {
+        let model = Deployment::new("Model")
+            .num_replicas(replicas)
+            .max_ongoing_requests(max_ongoing)
+            .max_queued_requests(1)
+            .bind(|| Model)
+            .remote_method::<Look>();
+        model.node_ref().start().await.unwrap();
+        model
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_carries_its_callers_id_and_deadline_but_not_its_model_id() {
+        let model = started(1, 10).await;
+        let handle = model.handle();
+        let parent = RequestContext::new("req-1", Some(Duration::from_secs(2)))
+            .with_model_id(Some(Arc::from("caller's model")));
+        tokio::time::advance(Duration::from_millis(500)).await;
+        let seen = parent.scope(handle.remote(Look)).await.unwrap();
+        assert_eq!(
+            seen,
+            Seen {
+                request_id: "req-1".into(),
+                deployment: "Model".into(),
+                replica: "Model#0".into(),
+                model_id: None,
+                remaining_ms: Some(1500),
+            }
+        );
+        let seen = handle.with_model_id("m7").remote(Look).await.unwrap();
+        assert_eq!(seen.model_id.as_deref(), Some("m7"));
+        assert_eq!(
+            seen.request_id.len(),
+            36,
+            "a call outside a request gets a fresh id"
+        );
+        model.node_ref().stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_a_call_cancels_the_callee_and_a_queued_call_leaves_the_queue() {
+        let model = started(1, 1).await;
+        let handle = model.handle();
+        let (release, go) = tokio::sync::watch::channel(false);
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let mut running = Box::pin(handle.remote(Hold(go.clone(), cancelled.clone())));
+        assert!((&mut running).now_or_never().is_none());
+        assert_eq!(handle.num_ongoing(), 1);
+        let mut queued = Box::pin(handle.remote(Look));
+        assert!((&mut queued).now_or_never().is_none());
+        assert_eq!(handle.num_queued(), 1);
+        let err = handle.remote(Look).await.unwrap_err();
+        assert!(matches!(err, Error::Backpressure { .. }), "{err}");
+        drop(queued);
+        assert_eq!(
+            handle.num_queued(),
+            0,
+            "a dropped call leaves the queue at once"
+        );
+        drop(running);
+        assert!(
+            cancelled.load(Ordering::SeqCst),
+            "cancelled before its future dropped"
+        );
+        assert_eq!(handle.num_ongoing(), 0, "its slot is free again");
+        let finished = Arc::new(AtomicBool::new(false));
+        release.send(true).unwrap();
+        handle.remote(Hold(go, finished.clone())).await.unwrap();
+        assert!(
+            !finished.load(Ordering::SeqCst),
+            "a call that ends is not cancelled"
+        );
+        model.node_ref().stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_method_fails_its_call_and_the_replica_serves_on() {
+        let model = started(1, 10).await;
+        let handle = model.handle();
+        let err = handle.remote(Explode).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "deployment 'Model' failed: panicked: the model fell over"
+        );
+        assert_eq!(handle.remote(Look).await.unwrap().replica, "Model#0");
+        assert_eq!(model.replicas().metrics().errors(), 1);
+        model.node_ref().stop();
+    }
+
+    /// A replica "in another process": it holds no instance and takes only wire calls, which
+    /// it answers through a replica in this process after a round trip through the encoding.
+    struct Elsewhere(LocalReplica<Model>);
+
+    impl Endpoint for Elsewhere {
+        fn holds_model(&self, _: &str) -> bool {
+            false
+        }
+    }
+
+    impl Replica<Model> for Elsewhere {
+        fn id(&self) -> &str {
+            "Model#far"
+        }
+        fn as_local(&self) -> Option<&LocalReplica<Model>> {
+            None
+        }
+        fn call_wire(&self, call: WireCall) -> BoxFuture<'static, Result<Bytes, Error>> {
+            // What a transport does: bytes out, bytes in.
+            let call = WireCall {
+                method: call.method.clone(),
+                ctx: crate::wire::decode(&crate::wire::encode(&call.ctx).unwrap()).unwrap(),
+                payload: Bytes::copy_from_slice(&call.payload),
+            };
+            self.0.call_wire(call)
+        }
+        fn model_ids(&self) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    fn elsewhere(model: &crate::BoundDeployment<Model>) -> DeploymentHandle<Model> {
+        let set = model.replicas();
+        let far: Arc<crate::replica::ReplicaMember<Model>> =
+            Member::new(Elsewhere(LocalReplica::new(Model, "Model#0".into(), &set)));
+        set.balancer().set_members(vec![far]);
+        model.handle()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_registered_message_reaches_a_replica_elsewhere_with_its_context() {
+        let model = Deployment::new("Model")
+            .bind(|| Model)
+            .remote_method::<Look>();
+        let handle = elsewhere(&model);
+        let parent = RequestContext::new("req-far", Some(Duration::from_secs(3)));
+        let seen = parent
+            .scope(handle.with_model_id("m1").remote(Look))
+            .await
+            .unwrap();
+        assert_eq!(
+            seen,
+            Seen {
+                request_id: "req-far".into(),
+                deployment: "Model".into(),
+                replica: "Model#0".into(),
+                model_id: Some("m1".into()),
+                remaining_ms: Some(3000),
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_needs_the_instance_says_so_on_a_replica_elsewhere() {
+        let model = Deployment::new("Model")
+            .bind(|| Model)
+            .remote_method::<Look>();
+        let handle = elsewhere(&model);
+        let (_release, go) = tokio::sync::watch::channel(false);
+        let err = handle.remote(Hold(go, Arc::default())).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("register it with `.remote_method::<"),
+            "{err}"
+        );
+        let err = handle.call(|_model| async {}).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "replica 'Model#far' of deployment 'Model' runs in another process: a closure call \
+             needs a replica in this process"
+        );
+        assert!(matches!(err, Error::NotInProcess { .. }));
+        assert_eq!(
+            handle.num_ongoing(),
+            0,
+            "failed calls give their slots back"
+        );
+    }
+
+    impl HandlesStream<Look> for Model {
+        type Item = String;
+        fn stream(
+            self: Arc<Self>,
+            _: Look,
+        ) -> impl futures_util::Stream<Item = String> + Send + 'static {
+            futures_util::stream::iter(["a", "b"].map(String::from))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_holds_its_slot_until_it_ends() {
+        let model = started(1, 10).await;
+        let handle = model.handle();
+        let mut words = handle.stream(Look).await.unwrap();
+        assert_eq!(handle.num_ongoing(), 1);
+        assert_eq!(words.next().await.as_deref(), Some("a"));
+        assert_eq!(words.next().await.as_deref(), Some("b"));
+        assert_eq!(words.next().await, None);
+        assert_eq!(handle.num_ongoing(), 0, "released at the end");
+        model.node_ref().stop();
+    }
+}

@@ -57,7 +57,7 @@ pub struct ProxyOptions {
 /// One mounted application.
 pub struct Route {
     prefix: Arc<str>,
-    app_name: String,
+    app_name: Arc<str>,
     endpoint: Arc<dyn HttpEndpoint>,
     /// The server's limits and the application's mount, attached to each request's context.
     scope: Arc<dyn Any + Send + Sync>,
@@ -113,7 +113,7 @@ impl ProxyState {
         let scope = HttpScope::new(self.limits, mount(&self.root_path, prefix));
         Route {
             prefix: prefix.into(),
-            app_name,
+            app_name: app_name.into(),
             endpoint,
             scope: Arc::new(scope),
             metrics: None,
@@ -204,9 +204,9 @@ async fn respond(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Respon
         let routes = state.routes.load();
         let route = find_route(&routes, &state.root_path, path);
         let observation = state.metrics.observe(
-            route.map(|r| (r.metrics, &*r.prefix, r.app_name.as_str())),
+            route.map(|r| (r.metrics, &r.prefix, &r.app_name)),
             req.method(),
-            path,
+            req.uri(),
             &request_id,
         );
         let response = match (route, model_id) {
@@ -317,7 +317,7 @@ fn internal_route(state: &ProxyState, route: &str) -> Response {
         "routes" => {
             let mut map = serde_json::Map::new();
             for r in state.routes.load().iter() {
-                map.insert(r.prefix.to_string(), r.app_name.clone().into());
+                map.insert(r.prefix.to_string(), r.app_name.to_string().into());
             }
             axum::Json(map).into_response()
         }
@@ -506,7 +506,7 @@ mod tests {
             state.route("/iris", "iris".into(), endpoint()),
         ]);
         let routes = state.routes.load();
-        let name = |path| find_route(&routes, "/serve", path).map(|r| r.app_name.as_str());
+        let name = |path| find_route(&routes, "/serve", path).map(|r| &*r.app_name);
         assert_eq!(name("/serve/iris/predict"), Some("iris"));
         assert_eq!(name("/serve"), Some("root"));
         assert_eq!(name("/serve/other"), Some("root"));

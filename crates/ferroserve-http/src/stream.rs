@@ -319,3 +319,118 @@ impl PinnedSlot {
         *lock(&self.0) = Some(slot);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// Stands for a replica slot: says when it is let go.
+    struct Slot(Arc<AtomicBool>);
+
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn slot() -> (Slot, Arc<AtomicBool>) {
+        let released = Arc::new(AtomicBool::new(false));
+        (Slot(released.clone()), released)
+    }
+
+    /// Chunks that name the request they are produced under.
+    fn ids(n: usize) -> Response {
+        let chunks = futures_util::stream::iter(0..n).map(|i| {
+            let id = ferroserve_core::current().map(|c| c.request_id().to_owned());
+            format!("{i}:{}\n", id.unwrap_or_default())
+        });
+        StreamingResponse::new(chunks).into_response()
+    }
+
+    #[tokio::test]
+    async fn a_stream_runs_under_its_request_and_keeps_its_slot_to_the_end() {
+        let (slot, released) = slot();
+        let ctx = RequestContext::new("req-9", None);
+        let mut body = attach(ids(2), ctx.clone(), slot).into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"0:req-9\n");
+        assert!(!released.load(Ordering::SeqCst), "held while streaming");
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&second[..], b"1:req-9\n");
+        assert!(body.frame().await.is_none());
+        assert!(released.load(Ordering::SeqCst), "released at the end");
+        assert!(!ctx.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_complete_body_lets_its_slot_go_at_once() {
+        let (slot, released) = slot();
+        let response = attach("done".into_response(), RequestContext::new("r", None), slot);
+        assert!(released.load(Ordering::SeqCst));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"done");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_mid_stream_cancels_the_request() {
+        let (slot, released) = slot();
+        let ctx = RequestContext::new("r", None);
+        let mut body = attach(ids(10), ctx.clone(), slot).into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert!(ctx.is_cancelled());
+        assert!(released.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_cuts_a_stream_and_cancels_its_work() {
+        let (slot, released) = slot();
+        let ctx = RequestContext::new("r", Some(Duration::from_secs(1)));
+        let ticks = futures_util::stream::unfold(0u32, |i| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Some((format!("{i}"), i + 1))
+        });
+        let mut body = attach(
+            StreamingResponse::new(ticks).into_response(),
+            ctx.clone(),
+            slot,
+        )
+        .into_body();
+        let mut chunks = 0;
+        let error = loop {
+            match body.frame().await {
+                Some(Ok(_)) => chunks += 1,
+                Some(Err(e)) => break e,
+                None => panic!("an endless stream ended"),
+            }
+        };
+        assert_eq!(chunks, 3, "chunks at 0.3, 0.6 and 0.9 s");
+        assert_eq!(error.to_string(), "request timed out while streaming");
+        assert!(ctx.is_cancelled() && released.load(Ordering::SeqCst));
+        assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_panics_ends_with_an_error() {
+        let (slot, released) = slot();
+        let bad = futures_util::stream::iter(0..3).map(|i| {
+            assert!(i < 1, "chunk {i} is corrupt");
+            "ok"
+        });
+        let mut body = attach(
+            StreamingResponse::new(bad).into_response(),
+            RequestContext::new("r", None),
+            slot,
+        )
+        .into_body();
+        assert!(body.frame().await.unwrap().is_ok());
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("chunk 1 is corrupt"), "{error}");
+        assert!(released.load(Ordering::SeqCst));
+    }
+}

@@ -702,3 +702,157 @@ fn check_options(
     node.check(options)
         .map_err(|e| vec![issue(deployment_path(i, cfg, node.name()), message(&e))])
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use ferroserve_core::deployment::Deployment;
+    use ferroserve_http::proxy::ProxyOptions;
+    use ferroserve_http::{Ingress, Request};
+
+    use super::*;
+
+    /// An ingress that says which version built it.
+    struct Versioned(String);
+
+    impl Ingress for Versioned {
+        type Output = String;
+        async fn call(&self, _: Request) -> String {
+            self.0.clone()
+        }
+    }
+
+    #[derive(serde::Deserialize)]
+    struct VersionArgs {
+        version: String,
+        #[serde(default)]
+        fail: bool,
+    }
+
+    fn registry() -> Registry {
+        Registry::new().register("t:app", |args: Args| {
+            let VersionArgs { version, fail } = args.parse()?;
+            let deployment = Deployment::new("D").bind_async(move || {
+                let version = version.clone();
+                async move {
+                    if fail {
+                        return Err("the model file is corrupt".into());
+                    }
+                    Ok::<_, BoxError>(Versioned(version))
+                }
+            });
+            Ok(Application::new(deployment))
+        })
+    }
+
+    type BoxError = ferroserve_core::BoxError;
+
+    fn controller() -> Controller {
+        let proxy = ProxyState::new(ProxyOptions {
+            host: "127.0.0.1:0".into(),
+            root_path: String::new(),
+            request_timeout: None,
+            limits: Default::default(),
+            metrics_path: None,
+            access_log: false,
+        });
+        Controller::new(proxy, registry(), ServeConfig::default())
+    }
+
+    fn config(version: &str, replicas: usize) -> ServeConfig {
+        ServeConfig::parse(
+            &format!(
+                "applications:\n  - name: a\n    route_prefix: /a\n    import_path: t:app\n    \
+                 args: {{version: {version}}}\n    deployments:\n      - {{name: D, num_replicas: {replicas}}}\n"
+            ),
+            "test.yaml",
+        )
+        .unwrap()
+    }
+
+    /// The running replicas of application `a`'s deployment `D`, and the application's status.
+    fn replicas(c: &Controller) -> (Vec<String>, Value) {
+        let status = serde_json::to_value(c.status().applications).unwrap();
+        let app = &status["a"];
+        let mut ids: Vec<String> = app["deployments"]["D"]["replicas"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter(|r| r["state"] == "RUNNING")
+                    .map(|r| r["replica_id"].as_str().unwrap().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        (ids, app["status"].clone())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn configs_start_update_in_place_roll_over_and_delete() {
+        let c = controller();
+        c.apply(config("v1", 2), "test.yaml").await.unwrap();
+        assert_eq!(
+            replicas(&c),
+            (vec!["D#0".into(), "D#1".into()], "RUNNING".into())
+        );
+        // Same import path and args: in place, nothing restarted.
+        c.apply(config("v1", 3), "test.yaml").await.unwrap();
+        assert_eq!(replicas(&c).0, ["D#0", "D#1", "D#2"]);
+        // New args: every replica replaced, numbering carried on.
+        c.apply(config("v2", 2), "test.yaml").await.unwrap();
+        assert_eq!(
+            replicas(&c),
+            (vec!["D#3".into(), "D#4".into()], "RUNNING".into())
+        );
+        assert_eq!(c.config().applications[0].args["version"], "v2");
+        // Not listed: deleted.
+        c.apply(ServeConfig::default(), "test.yaml").await.unwrap();
+        assert_eq!(replicas(&c).1, Value::Null);
+        assert!(c.config().applications.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_update_keeps_the_previous_version_serving() {
+        let c = controller();
+        c.apply(config("v1", 1), "test.yaml").await.unwrap();
+        let mut broken = config("v2", 1);
+        broken.applications[0]
+            .args
+            .insert("fail".into(), Value::Bool(true));
+        c.apply(broken, "test.yaml").await.unwrap();
+        let (ids, status) = replicas(&c);
+        assert_eq!((ids, status), (vec!["D#0".into()], "DEPLOY_FAILED".into()));
+        let message = serde_json::to_value(c.status().applications).unwrap()["a"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            message.contains("deployment 'D' failed to start: the model file is corrupt"),
+            "{message}"
+        );
+        assert!(c.failed_app().is_some());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            replicas(&c).0,
+            ["D#0"],
+            "the old version's supervisor still runs it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_invalid_config_changes_nothing_and_names_the_field() {
+        let c = controller();
+        c.apply(config("v1", 1), "test.yaml").await.unwrap();
+        let mut unknown = config("v1", 1);
+        unknown.applications[0].import_path = "nowhere:app".into();
+        let err = c.apply(unknown, "test.yaml").await.unwrap_err();
+        assert_eq!(err.issues[0].path, "applications[0].import_path");
+        assert!(err.issues[0].message.contains("not registered"), "{err}");
+        let mut wrong = config("v1", 1);
+        wrong.applications[0].deployments[0].name = "E".into();
+        let err = c.apply(wrong, "test.yaml").await.unwrap_err();
+        assert_eq!(err.issues[0].path, "applications[0].deployments[0].name");
+        assert_eq!(replicas(&c), (vec!["D#0".into()], "RUNNING".into()));
+    }
+}

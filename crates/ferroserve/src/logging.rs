@@ -229,7 +229,7 @@ mod tests {
             route: "/api",
             path: "/api/v1/predict?x=1",
             status: 422,
-            latency_ms: 1.25,
+            latency_us: 1250,
             request_id: "0a1b-\u{1b}[31m",
             application: "iris",
         };
@@ -238,6 +238,8 @@ mod tests {
                 write_fast(&record),
                 "ferroserve's text output takes the fast path"
             );
+            // The fast line waits in its batch until flushed; then tracing's own.
+            ferroserve_http::access_log::flush();
             ferroserve_http::metrics::log_access_event(&record);
         });
         let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
@@ -249,7 +251,7 @@ mod tests {
         assert_eq!(after_clock(lines[0]), expected);
         assert!(
             lines[0].ends_with(
-                "  INFO ferroserve::access: POST /api 422 1.2ms method=POST route=/api \
+                "  INFO ferroserve::access: POST /api 422 1.3ms method=POST route=/api \
                  path=/api/v1/predict?x=1 status=422 latency_ms=1.25 \
                  request_id=0a1b-\\x1b[31m application=iris"
             ),

@@ -3,11 +3,11 @@
 //! A server's heap churns: every connection, request and stream allocates and frees buffers on
 //! the tokio worker threads. glibc's allocator (the default on Linux) keeps what the workers
 //! free in their arenas, and frees in the middle of an arena are never returned on their own:
-//! under a steady mix of JSON, streaming, cancelled and WebSocket traffic the resident size
-//! stepped up by 2 MiB about every 1.5 million requests with the live heap unchanged (valgrind;
-//! see `bench/README.md`, `soak_mix`). So while it runs, a server asks glibc to release its
-//! free pages (`malloc_trim(0)`) every [`crate::HttpOptions::memory_trim_interval`] (1 s by
-//! default): resident memory then follows the live heap instead of its high-water mark.
+//! under a steady mix of traffic the resident size climbs with the live heap unchanged (the
+//! `soak_mix` scenario of `bench/README.md` measures it). So while it runs, a server asks glibc
+//! to release its free pages (`malloc_trim(0)`) every
+//! [`crate::HttpOptions::memory_trim_interval`] (1 s by default): resident memory then follows
+//! the live heap instead of its high-water mark.
 //!
 //! A trim takes each arena's lock in turn while it walks that arena's free chunks, once per
 //! interval. On other platforms it does nothing; with another global allocator (mimalloc,

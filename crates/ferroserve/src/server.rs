@@ -306,6 +306,8 @@ impl Server {
             admin.abort();
         }
         self.controller.stop_all();
+        // Access lines are written in batches: the last ones go out now.
+        ferroserve_http::access_log::flush();
     }
 }
 

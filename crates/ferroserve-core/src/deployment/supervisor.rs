@@ -236,3 +236,161 @@ impl<T: Send + Sync + 'static> Node<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    use super::*;
+    use crate::autoscaling::AutoscalingOptions;
+    use crate::deployment::{Deployment, ReplicaState};
+    use crate::{BoxError, Handles, HealthCheck};
+
+    /// Replica `n` of its deployment; unhealthy when `n` is `sick`.
+    struct Numbered {
+        n: usize,
+        sick: usize,
+    }
+
+    impl HealthCheck for Numbered {
+        async fn check_health(&self) -> Result<(), BoxError> {
+            if self.n == self.sick {
+                Err("lost its GPU".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    /// Holds a slot until told to finish.
+    struct Wait(tokio::sync::watch::Receiver<bool>);
+
+    impl Handles<Wait> for Numbered {
+        type Output = ();
+        async fn call(&self, Wait(mut go): Wait) {
+            let _ = go.wait_for(|go| *go).await;
+        }
+    }
+
+    fn running(node: &super::super::NodeRef) -> Vec<String> {
+        let mut ids: Vec<String> = node
+            .replica_infos()
+            .into_iter()
+            .filter(|r| r.state == ReplicaState::Running)
+            .map(|r| r.replica_id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Lets the supervisor run, in virtual time, until `done` holds (at most a minute).
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..600 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("not within a minute of virtual time: {what}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replica_failing_three_checks_in_a_row_is_replaced() {
+        let built = Arc::new(AtomicUsize::new(0));
+        let model = Deployment::new("Sick")
+            .num_replicas(2)
+            .health_check_period(Duration::from_secs(1))
+            .health_check_timeout(Duration::from_secs(1))
+            .bind(move || Numbered {
+                n: built.fetch_add(1, SeqCst),
+                sick: 0,
+            })
+            .health_checked();
+        let node = model.node_ref();
+        node.start().await.unwrap();
+        assert_eq!(running(&node), ["Sick#0", "Sick#1"]);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(
+            running(&node),
+            ["Sick#0", "Sick#1"],
+            "two failures are not enough"
+        );
+        until("Sick#0 replaced", || running(&node) == ["Sick#1", "Sick#2"]).await;
+        let failures =
+            metrics::with_global(|g| g.health_failures[&(String::new(), "Sick".to_owned())]);
+        assert_eq!(failures, 3, "counted in serve_health_check_failures_total");
+        assert!(
+            node.message().is_empty(),
+            "back to its target: nothing wrong now"
+        );
+        node.stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_autoscaler_follows_the_load_up_and_back_down() {
+        let model = Deployment::new("M")
+            .max_ongoing_requests(1)
+            .autoscaling(AutoscalingOptions {
+                min_replicas: 1,
+                max_replicas: 3,
+                target_ongoing_requests: 1.0,
+                upscale_delay: Duration::from_secs(1),
+                downscale_delay: Duration::from_secs(2),
+                look_back_period: Duration::from_millis(500),
+                ..AutoscalingOptions::default()
+            })
+            .bind(|| Numbered { n: 0, sick: 1 });
+        let node = model.node_ref();
+        node.start().await.unwrap();
+        let handle = model.handle();
+        let (release, go) = tokio::sync::watch::channel(false);
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                tokio::spawn({
+                    let handle = handle.clone();
+                    let go = go.clone();
+                    async move { handle.remote(Wait(go)).await }
+                })
+            })
+            .collect();
+        until("three replicas for three calls", || {
+            node.target() == 3 && running(&node).len() == 3 && handle.num_queued() == 0
+        })
+        .await;
+        release.send(true).unwrap();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        until("back to one replica when idle", || {
+            node.target() == 1 && running(&node).len() == 1
+        })
+        .await;
+        node.stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn from_zero_a_queued_call_starts_a_replica_at_once() {
+        let model = Deployment::new("M")
+            .autoscaling(AutoscalingOptions {
+                min_replicas: 0,
+                initial_replicas: Some(0),
+                max_replicas: 2,
+                upscale_delay: Duration::from_secs(3600),
+                ..AutoscalingOptions::default()
+            })
+            .bind(|| Numbered { n: 0, sick: 1 });
+        let node = model.node_ref();
+        node.start().await.unwrap();
+        assert!(running(&node).is_empty());
+        let (_release, go) = tokio::sync::watch::channel(true);
+        let started = tokio::time::Instant::now();
+        model.handle().remote(Wait(go)).await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "no upscale delay from zero: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(running(&node), ["M#0"]);
+        node.stop();
+    }
+}
