@@ -55,7 +55,7 @@
 //!   `Arc`, and it is dropped after the last one), and the eviction hook (Ray's `__del__`,
 //!   [`MultiplexedBuilder::on_evict`]) runs before the new model's loader, so its memory can be
 //!   released first.
-//! - **Routing.** Each replica publishes the ids it holds (loaded or loading). The router sends a
+//! - **Routing.** Each replica publishes the ids it holds (loaded or loading). The balancer sends a
 //!   request with a model id to the least loaded replica that holds that model and has a free
 //!   slot; otherwise (no replica holds it, or all that do are full) it picks a replica as usual,
 //!   so a new model id lands on some replica and load spreads. A request that has to queue is

@@ -191,13 +191,13 @@ impl<T: Send + Sync + 'static> Replica<T> for LocalReplica<T> {
             payload,
         } = call;
         let deployment = self.tag.deployment().to_string();
-        let Some(serve) = self.methods.serve(&method, self.instance.clone(), payload) else {
+        let Some(call) = self.methods.run(&method, self.instance.clone(), payload) else {
             return std::future::ready(Err(Error::Config(format!(
                 "deployment '{deployment}' has no remote method {method}"
             ))))
             .boxed();
         };
-        let run = self.run(RequestContext::from_wire(ctx), serve, Result::is_err);
+        let run = self.run(RequestContext::from_wire(ctx), call, Result::is_err);
         async move {
             run.await?
                 .0

@@ -57,7 +57,7 @@ pub fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Result<V, String> {
 }
 
 /// Runs a decoded call on an instance and encodes its output.
-type Serve<T> = fn(Arc<T>, Bytes) -> BoxFuture<'static, Result<Bytes, String>>;
+type Run<T> = fn(Arc<T>, Bytes) -> BoxFuture<'static, Result<Bytes, String>>;
 /// Encodes a message handed over as `&dyn Any`.
 type EncodeMsg = fn(&(dyn Any + Send)) -> Result<Bytes, String>;
 /// Decodes an output into a box the caller downcasts.
@@ -65,7 +65,7 @@ type DecodeOutput = fn(&[u8]) -> Result<Box<dyn Any + Send>, String>;
 
 struct Entry<T> {
     name: &'static str,
-    serve: Serve<T>,
+    run: Run<T>,
     encode: EncodeMsg,
     decode: DecodeOutput,
 }
@@ -112,7 +112,7 @@ impl<T: Send + Sync + 'static> Methods<T> {
             if !entries.iter().any(|e| e.name == name) {
                 entries.push(Entry {
                     name,
-                    serve: serve::<T, M>,
+                    run: run_method::<T, M>,
                     encode: encode_msg::<M>,
                     decode: decode_output::<T::Output>,
                 });
@@ -170,14 +170,14 @@ impl<T: Send + Sync + 'static> Methods<T> {
 
     /// The callee's side: runs `payload` as method `method` on `instance`; `None` when the
     /// method is not registered.
-    pub fn serve(
+    pub fn run(
         &self,
         method: &str,
         instance: Arc<T>,
         payload: Bytes,
     ) -> Option<BoxFuture<'static, Result<Bytes, String>>> {
         self.find(method)
-            .map(|entry| (entry.serve)(instance, payload))
+            .map(|entry| (entry.run)(instance, payload))
     }
 
     /// The registered methods' names.
@@ -186,7 +186,7 @@ impl<T: Send + Sync + 'static> Methods<T> {
     }
 }
 
-fn serve<T, M>(instance: Arc<T>, payload: Bytes) -> BoxFuture<'static, Result<Bytes, String>>
+fn run_method<T, M>(instance: Arc<T>, payload: Bytes) -> BoxFuture<'static, Result<Bytes, String>>
 where
     T: Handles<M>,
     M: DeserializeOwned + Send + 'static,

@@ -93,7 +93,7 @@ impl<I: Send + 'static, O: Send + 'static> DagNode<I, O> {
         M: Send + 'static,
     {
         // The handle is taken on first use, after start: a rolling update may have given the
-        // deployment its previous version's router.
+        // deployment its previous version's replica set.
         let deployment = deployment.clone();
         let handle = Arc::new(std::sync::OnceLock::new());
         let prev = self.run;
