@@ -8,7 +8,8 @@
 //! - `handle_hop`: `POST /` with a JSON array of numbers → `{"sum":6.5}`, summed inline.
 //! - `dag_fanout`: `POST /` with a JSON array of numbers → `{"sum":6.5,"sumsq":17.25}`: the two
 //!   "models" are async functions awaited concurrently (`tokio::join!`), then combined.
-//! - `fastapi_hello`: `GET /hello` → `"Hello, world!"` (JSON).
+//! - `fastapi_hello`: `GET /hello` → `"Hello, world!"` (JSON), from a handler that takes its
+//!   object as state (Ray's `def root(self)`; ferroserve's `State<Arc<Self>>`).
 //! - `streaming`: `GET /stream` → 100 chunks `chunk 00\n` … `chunk 99\n`, produced immediately,
 //!   as a chunked response (`Body::from_stream`).
 //! - `websocket_echo`: `GET /` upgrades to a WebSocket that echoes every text/binary message.
@@ -19,10 +20,11 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Query};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -54,7 +56,12 @@ async fn dag_fanout(Json(xs): Json<Vec<f64>>) -> Json<Value> {
     Json(json!({ "sum": sum, "sumsq": sumsq }))
 }
 
-async fn fastapi_hello() -> Json<&'static str> {
+/// The object `fastapi_hello`'s handler belongs to.
+struct Hello;
+
+/// The handler is a method of the deployment's object in Ray Serve's guide (`def root(self)`):
+/// here, as in ferroserve's example, it takes that object as axum state.
+async fn fastapi_hello(State(_this): State<Arc<Hello>>) -> Json<&'static str> {
     Json("Hello, world!")
 }
 
@@ -110,7 +117,9 @@ async fn main() -> std::io::Result<()> {
         "counter" => Router::new().route("/", get(counter)),
         "handle_hop" => Router::new().route("/", post(handle_hop)),
         "dag_fanout" => Router::new().route("/", post(dag_fanout)),
-        "fastapi_hello" => Router::new().route("/hello", get(fastapi_hello)),
+        "fastapi_hello" => Router::new()
+            .route("/hello", get(fastapi_hello))
+            .with_state(Arc::new(Hello)),
         "streaming" => Router::new().route("/stream", get(streaming)),
         "websocket_echo" => Router::new().route("/", get(websocket_echo)),
         "json_to_ndarray" => Router::new()

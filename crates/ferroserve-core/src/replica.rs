@@ -271,11 +271,11 @@ pin_project_lite::pin_project! {
             elsewhere: R,
             failed: fn(&Fut::Output) -> bool,
         },
-        // Running on a replica in this process.
+        // Running on a replica in this process (boxed: the work is moved into place once,
+        // and this stage stays small to write).
         Local {
             slot: ReplicaSlot<T>,
-            #[pin]
-            run: RunOnReplica<Fut>,
+            run: Pin<Box<RunOnReplica<Fut>>>,
         },
         // Running on a replica elsewhere.
         Remote {
@@ -317,7 +317,7 @@ where
                     let slot = acquired?;
                     let next = match slot.endpoint().as_local() {
                         Some(replica) => {
-                            let run = replica.run(ctx, local(replica, msg), failed);
+                            let run = Box::pin(replica.run(ctx, local(replica, msg), failed));
                             Stage::Local { slot, run }
                         }
                         None => {
@@ -328,7 +328,7 @@ where
                     stage.set(next);
                 }
                 StageProj::Local { run, .. } => {
-                    let outcome = ready!(run.poll(cx));
+                    let outcome = ready!(run.as_mut().poll(cx));
                     let StageOwn::Local { slot, .. } = stage.as_mut().project_replace(Stage::Done)
                     else {
                         unreachable!("in the local stage");
