@@ -1,5 +1,6 @@
-//! Client connections: the accept loop's connection cap, and the stream wrapper that closes
-//! silent and idle connections and lingers after a refused body (see [`ClientStream`]).
+//! Client connections: the accept loop's connection cap, the requests each connection has
+//! open ([`ConnState`]), and the stream wrapper that times idle and silent connections and
+//! lingers after a refused body (see [`ClientStream`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,94 +11,56 @@ use std::task::Poll;
 use std::time::Duration;
 
 use axum::response::Response;
+use http::StatusCode;
 use tokio::net::TcpListener;
+use tokio::time::Sleep;
 
-pin_project_lite::pin_project! {
-    /// A client connection, with two defences hyper lacks.
-    ///
-    /// First bytes in time: hyper times an HTTP/1.1 request head only once it knows the
-    /// connection speaks HTTP/1.1, and learns that from the first bytes, so a client that
-    /// connects and sends nothing (or part of the HTTP/2 preface) would hold its connection
-    /// forever. Reads fail with `TimedOut` until the bytes read tell HTTP/1.1 from HTTP/2 (they
-    /// differ from the preface, or the whole preface arrived).
-    ///
-    /// Idle HTTP/2 connections: hyper closes an idle HTTP/1.1 connection itself, but an
-    /// HTTP/2 connection with no open stream would stay open for as long as the client likes.
-    /// Once the preface has arrived, a timer runs in periods of the keep-alive timeout; when a
-    /// period ends with no stream open (`streams`, kept by the proxy's service) and no byte read
-    /// during it, reads fail with `TimedOut` and the connection closes: after between one and
-    /// two timeouts of idleness.
-    ///
-    /// Lingering close: when a response refused a body the client is still sending (`413`),
-    /// closing at once would reset the connection under the client's writes, and most clients
-    /// then report the reset instead of the `413`. So, as nginx does, the close sends FIN and
-    /// reads and discards what the client still sends until it closes too, for at most the
-    /// keep-alive timeout.
-    pub(crate) struct ClientStream {
-        #[pin]
-        stream: tokio::net::TcpStream,
-        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-        // Bytes of the HTTP/2 preface matched so far.
-        matched: usize,
-        // Set by the service when a response left the request body unread.
-        linger: Arc<AtomicBool>,
-        // HTTP/2 requests open on this connection (counted by the service).
-        streams: Arc<AtomicUsize>,
-        // After the HTTP/2 preface: the idle period running, and whether a byte came during it.
-        idle: Option<Pin<Box<tokio::time::Sleep>>>,
-        read_during_period: bool,
-        timeout: Duration,
-        // Once the write side is shut: discarding the client's bytes until this passes.
-        lingering: Option<Pin<Box<tokio::time::Sleep>>>,
+/// What the proxy's service tells its connection's [`ClientStream`] about the requests on it.
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    /// Requests open: from the service's call until the response is handed to hyper, or, for
+    /// a streamed body, until the body has been sent (or dropped).
+    open: AtomicUsize,
+    /// A response left the request body unread (`413`): close gently.
+    linger: AtomicBool,
+    /// The connection was upgraded (`101`): its bytes are the application's, untimed.
+    upgraded: AtomicBool,
+}
+
+impl ConnState {
+    /// Counts one request as open until the returned guard (or the response
+    /// [`answered`] attaches it to) is dropped.
+    pub(crate) fn open(self: &Arc<Self>) -> OpenRequest {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenRequest(self.clone())
     }
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-impl ClientStream {
-    /// Wraps an accepted connection: `timeout` is the keep-alive timeout, `linger` is set by
-    /// the service when a response leaves the body unread, `streams` counts the HTTP/2
-    /// requests the service has open.
-    pub(crate) fn new(
-        stream: tokio::net::TcpStream,
-        timeout: Duration,
-        linger: Arc<AtomicBool>,
-        streams: Arc<AtomicUsize>,
-    ) -> Self {
-        ClientStream {
-            stream,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
-            matched: 0,
-            linger,
-            timeout,
-            lingering: None,
-            streams,
-            idle: None,
-            read_during_period: false,
-        }
-    }
-}
-
-/// Counts one HTTP/2 request as open on its connection until dropped (with the response body,
-/// or with the handler's future if the client resets the stream first).
+/// One request counted open on its connection until dropped.
 #[derive(Debug)]
-pub(crate) struct OpenStream(Arc<AtomicUsize>);
+pub(crate) struct OpenRequest(Arc<ConnState>);
 
-impl OpenStream {
-    pub(crate) fn new(streams: &Arc<AtomicUsize>) -> Self {
-        streams.fetch_add(1, Ordering::Relaxed);
-        OpenStream(streams.clone())
-    }
-}
-
-impl Drop for OpenStream {
+impl Drop for OpenRequest {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// `response` with `open` held until its body has been sent (or dropped).
-pub(crate) fn hold_until_sent(response: Response, open: OpenStream) -> Response {
+/// Tells the connection what `response` means for it: a `413` makes it linger on close, a
+/// `101` ends its timing, and a streamed body keeps the request open (so that a stream silent
+/// for longer than the keep-alive timeout is not taken for an idle connection) until sent.
+pub(crate) fn answered(response: Response, open: OpenRequest) -> Response {
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => open.0.linger.store(true, Ordering::Relaxed),
+        StatusCode::SWITCHING_PROTOCOLS => open.0.upgraded.store(true, Ordering::Relaxed),
+        _ => {}
+    }
+    if hyper::body::Body::size_hint(response.body())
+        .exact()
+        .is_some()
+    {
+        return response;
+    }
     response.map(|body| {
         axum::body::Body::new(HeldBody {
             body,
@@ -108,7 +71,7 @@ pub(crate) fn hold_until_sent(response: Response, open: OpenStream) -> Response 
 
 struct HeldBody {
     body: axum::body::Body,
-    open: Option<OpenStream>,
+    open: Option<OpenRequest>,
 }
 
 impl hyper::body::Body for HeldBody {
@@ -135,6 +98,114 @@ impl hyper::body::Body for HeldBody {
     }
 }
 
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the first bytes said the connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Not known yet: this many bytes of the HTTP/2 preface have matched.
+    Unknown(usize),
+    Http1,
+    Http2,
+}
+
+pin_project_lite::pin_project! {
+    /// A client connection, timed by one timer that runs in periods of the keep-alive timeout
+    /// from the accept, instead of a timer per request head (which costs more than routing).
+    ///
+    /// At the end of each period the connection is closed (reads fail with `TimedOut`) when:
+    /// - its first bytes have not yet told HTTP/1.1 from HTTP/2 (nothing, or part of the
+    ///   HTTP/2 preface, arrived): exactly one timeout after the accept;
+    /// - HTTP/1.1: no request is open and no response byte was written during the period (nor
+    ///   is a write waiting on the client): an idle keep-alive connection, or a request head
+    ///   that never completes, is closed after between one and two timeouts;
+    /// - HTTP/2: no request is open and no byte arrived during the period (hyper closes
+    ///   nothing on its own here).
+    ///
+    /// A connection is never closed before one whole timeout of idleness. An upgraded
+    /// connection (WebSocket) is not timed at all.
+    ///
+    /// Lingering close: when a response refused a body the client is still sending (`413`),
+    /// closing at once would reset the connection under the client's writes, and most clients
+    /// then report the reset instead of the `413`. So, as nginx does, the close sends FIN and
+    /// reads and discards what the client still sends until it closes too, for at most the
+    /// keep-alive timeout.
+    pub(crate) struct ClientStream {
+        #[pin]
+        stream: tokio::net::TcpStream,
+        state: Arc<ConnState>,
+        timeout: Duration,
+        period: Pin<Box<Sleep>>,
+        protocol: Protocol,
+        read_during_period: bool,
+        wrote_during_period: bool,
+        // A write is waiting for the client to read.
+        write_blocked: bool,
+        // Once the write side is shut: discarding the client's bytes until this passes.
+        lingering: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl ClientStream {
+    /// Wraps an accepted connection: `timeout` is the keep-alive timeout, `state` is what the
+    /// service tells the connection about its requests.
+    pub(crate) fn new(
+        stream: tokio::net::TcpStream,
+        timeout: Duration,
+        state: Arc<ConnState>,
+    ) -> Self {
+        ClientStream {
+            stream,
+            state,
+            timeout,
+            period: Box::pin(tokio::time::sleep(timeout)),
+            protocol: Protocol::Unknown(0),
+            read_during_period: false,
+            wrote_during_period: false,
+            write_blocked: false,
+            lingering: None,
+        }
+    }
+}
+
+/// Advances the protocol guess over newly read `bytes`.
+fn sniff(protocol: Protocol, bytes: &[u8]) -> Protocol {
+    let Protocol::Unknown(mut matched) = protocol else {
+        return protocol;
+    };
+    for &b in bytes {
+        if H2_PREFACE.get(matched) != Some(&b) {
+            return Protocol::Http1;
+        }
+        matched += 1;
+    }
+    if matched == H2_PREFACE.len() {
+        Protocol::Http2
+    } else {
+        Protocol::Unknown(matched)
+    }
+}
+
+/// Why a connection ends at the end of a period, if it does.
+fn idle_reason(
+    protocol: Protocol,
+    open: bool,
+    read: bool,
+    wrote: bool,
+    write_blocked: bool,
+) -> Option<&'static str> {
+    match protocol {
+        Protocol::Unknown(_) => Some("the client sent no request in time"),
+        Protocol::Http1 if !open && !wrote && !write_blocked => {
+            Some("no request on the HTTP/1.1 connection within keep_alive_timeout")
+        }
+        Protocol::Http2 if !open && !read => {
+            Some("idle HTTP/2 connection closed after keep_alive_timeout")
+        }
+        _ => None,
+    }
+}
+
 impl tokio::io::AsyncRead for ClientStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -143,53 +214,37 @@ impl tokio::io::AsyncRead for ClientStream {
     ) -> Poll<std::io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
-        let read = this.stream.poll_read(cx, buf);
-        if let Some(idle) = this.idle {
-            if !matches!(read, Poll::Pending) {
+        match this.stream.poll_read(cx, buf) {
+            Poll::Pending => {}
+            Poll::Ready(Ok(())) => {
+                *this.protocol = sniff(*this.protocol, &buf.filled()[before..]);
                 *this.read_during_period = true;
-                return read;
+                return Poll::Ready(Ok(()));
             }
-            while idle.as_mut().poll(cx).is_ready() {
-                if !*this.read_during_period && this.streams.load(Ordering::Relaxed) == 0 {
-                    return Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "idle HTTP/2 connection closed after keep_alive_timeout",
-                    )));
-                }
-                *this.read_during_period = false;
-                let next = tokio::time::Instant::now() + *this.timeout;
-                idle.as_mut().reset(next);
-            }
+            error => return error,
+        }
+        // Time can end the connection only while it waits for the client.
+        if this.state.upgraded.load(Ordering::Relaxed) {
             return Poll::Pending;
         }
-        let Some(deadline) = this.deadline else {
-            return read;
-        };
-        match read {
-            Poll::Ready(Ok(())) => {
-                for &b in &buf.filled()[before..] {
-                    if H2_PREFACE.get(*this.matched) != Some(&b) {
-                        *this.deadline = None;
-                        break;
-                    }
-                    *this.matched += 1;
-                }
-                if *this.matched == H2_PREFACE.len() {
-                    *this.deadline = None;
-                    *this.idle = Some(Box::pin(tokio::time::sleep(*this.timeout)));
-                    *this.read_during_period = true;
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => match deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+        while this.period.as_mut().poll(cx).is_ready() {
+            let reason = idle_reason(
+                *this.protocol,
+                this.state.open.load(Ordering::Relaxed) > 0,
+                std::mem::take(this.read_during_period),
+                std::mem::take(this.wrote_during_period),
+                *this.write_blocked,
+            );
+            if let Some(reason) = reason {
+                return Poll::Ready(Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
-                    "the client sent no request in time",
-                ))),
-                Poll::Pending => Poll::Pending,
-            },
-            error => error,
+                    reason,
+                )));
+            }
+            let next = tokio::time::Instant::now() + *this.timeout;
+            this.period.as_mut().reset(next);
         }
+        Poll::Pending
     }
 }
 
@@ -199,7 +254,10 @@ impl tokio::io::AsyncWrite for ClientStream {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().stream.poll_write(cx, buf)
+        let this = self.project();
+        let written = this.stream.poll_write(cx, buf);
+        note_write(&written, this.wrote_during_period, this.write_blocked);
+        written
     }
 
     fn poll_write_vectored(
@@ -207,7 +265,10 @@ impl tokio::io::AsyncWrite for ClientStream {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        self.project().stream.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        let written = this.stream.poll_write_vectored(cx, bufs);
+        note_write(&written, this.wrote_during_period, this.write_blocked);
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -228,7 +289,7 @@ impl tokio::io::AsyncWrite for ClientStream {
         let mut this = self.project();
         if this.lingering.is_none() {
             std::task::ready!(this.stream.as_mut().poll_shutdown(cx))?;
-            if !this.linger.load(Ordering::Relaxed) {
+            if !this.state.linger.load(Ordering::Relaxed) {
                 return Poll::Ready(Ok(()));
             }
             *this.lingering = Some(Box::pin(tokio::time::sleep(*this.timeout)));
@@ -252,6 +313,18 @@ impl tokio::io::AsyncWrite for ClientStream {
     }
 }
 
+/// Records a write's progress for the idle timing.
+fn note_write(written: &Poll<std::io::Result<usize>>, wrote: &mut bool, blocked: &mut bool) {
+    match written {
+        Poll::Ready(Ok(n)) => {
+            *wrote |= *n > 0;
+            *blocked = false;
+        }
+        Poll::Ready(Err(_)) => *blocked = false,
+        Poll::Pending => *blocked = true,
+    }
+}
+
 /// The next connection once fewer than `max_connections` are open, with the slot it holds.
 pub(crate) async fn accept(
     listener: &TcpListener,
@@ -266,4 +339,53 @@ pub(crate) async fn accept(
         Err(_) => std::future::pending().await,
     };
     (listener.accept().await, permit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bytes_tell_the_protocol() {
+        let unknown = Protocol::Unknown(0);
+        assert_eq!(sniff(unknown, b""), unknown);
+        assert_eq!(sniff(unknown, b"GET / HTTP/1.1\r\n"), Protocol::Http1);
+        assert_eq!(sniff(unknown, b"PRI * HTTP/2.0"), Protocol::Unknown(14));
+        assert_eq!(
+            sniff(Protocol::Unknown(14), b"\r\n\r\nSM\r\n\r\n"),
+            Protocol::Http2
+        );
+        // A preface cut short by something else is HTTP/1.1 (hyper answers it 400).
+        assert_eq!(sniff(Protocol::Unknown(3), b"X"), Protocol::Http1);
+        // Once known, later bytes change nothing.
+        assert_eq!(sniff(Protocol::Http2, b"GET"), Protocol::Http2);
+        assert_eq!(sniff(Protocol::Http1, H2_PREFACE), Protocol::Http1);
+    }
+
+    #[test]
+    fn a_period_ends_the_connection_only_when_idle() {
+        // (protocol, request open, read, wrote, write blocked) → closes?
+        let cases = [
+            (Protocol::Unknown(0), false, false, false, false, true),
+            (Protocol::Unknown(5), false, true, false, false, true),
+            (Protocol::Http1, false, false, false, false, true),
+            // Bytes of a head that never completes do not count.
+            (Protocol::Http1, false, true, false, false, true),
+            (Protocol::Http1, true, false, false, false, false),
+            (Protocol::Http1, false, false, true, false, false),
+            (Protocol::Http1, false, false, false, true, false),
+            (Protocol::Http2, false, false, false, false, true),
+            (Protocol::Http2, false, true, false, false, false),
+            (Protocol::Http2, true, false, false, false, false),
+            (Protocol::Http2, false, false, true, false, true),
+        ];
+        for (protocol, open, read, wrote, blocked, closes) in cases {
+            let reason = idle_reason(protocol, open, read, wrote, blocked);
+            assert_eq!(
+                reason.is_some(),
+                closes,
+                "{protocol:?} open={open} read={read} wrote={wrote} blocked={blocked}: {reason:?}"
+            );
+        }
+    }
 }

@@ -11,7 +11,7 @@
 use std::any::Any;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::conn::ConnState;
 use crate::endpoint::HttpEndpoint;
 use crate::limits::Limits;
 use crate::metrics::{self, MetricsSource, ProxyMetrics, RouteId};
@@ -366,9 +367,9 @@ const DRAIN_GRACE: Duration = Duration::from_millis(200);
 /// and lets every in-flight request finish, up to the graceful timeout in all.
 ///
 /// Limits: at most `max_connections` connections are open at once (the loop stops accepting
-/// until one closes, so further clients wait in the kernel's listen queue); a connection that
-/// sends nothing within `keep_alive_timeout` is closed (hyper times later request heads
-/// itself); a request head over `max_header_bytes` or `max_headers` is answered `431` by hyper;
+/// until one closes, so further clients wait in the kernel's listen queue); connections that
+/// send nothing, never finish a request head, or idle are closed after `keep_alive_timeout`
+/// (see [`crate::conn::ClientStream`] for the exact rule); a request head over `max_header_bytes` or `max_headers` is answered `431` by hyper;
 /// a connection whose body was refused with `413` closes gently so the client reads the `413`
 /// (see [`crate::conn::ClientStream`]).
 pub async fn run(
@@ -378,10 +379,11 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // No timer for HTTP/1.1: hyper's per-request head timer costs more than routing a request;
+    // `conn::ClientStream` times heads and idleness with one timer per connection instead.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.keep_alive_timeout)
+        .header_read_timeout(None)
         .max_buf_size(options.limits.max_header_bytes)
         .keep_alive(true);
     // hyper's own cap is 100 headers, kept in arrays on the stack; naming a cap (even 100)
@@ -395,37 +397,21 @@ pub async fn run(
         .max_header_list_size(u32::try_from(options.limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
-    let head_timeout = options.keep_alive_timeout;
+    let keep_alive_timeout = options.keep_alive_timeout;
     let connections = Arc::new(tokio::sync::Semaphore::new(options.limits.max_connections));
     let spawn_connection = |stream: tokio::net::TcpStream,
                             permit: tokio::sync::OwnedSemaphorePermit| {
         let _ = stream.set_nodelay(true);
         let state = state.clone();
-        let linger = Arc::new(AtomicBool::new(false));
-        let refused = linger.clone();
-        let streams = Arc::new(AtomicUsize::new(0));
-        let open = streams.clone();
+        let conn_state = Arc::new(ConnState::default());
+        let requests = conn_state.clone();
         let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let state = state.clone();
-            let refused = refused.clone();
-            // An HTTP/2 request keeps its connection from idling out until its response body
-            // is done (see `conn::ClientStream`); HTTP/1.1 idleness is hyper's to time.
-            let h2_stream = (req.version() == http::Version::HTTP_2)
-                .then(|| crate::conn::OpenStream::new(&open));
-            async move {
-                let response = respond(state, req).await;
-                if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    // The body is (partly) unread: close gently (see `conn::ClientStream`).
-                    refused.store(true, Ordering::Relaxed);
-                }
-                let response = match h2_stream {
-                    Some(open) => crate::conn::hold_until_sent(response, open),
-                    None => response,
-                };
-                Ok::<_, Infallible>(response)
-            }
+            // Open until answered (or its streamed body is sent): the connection is not idle.
+            let open = requests.open();
+            let respond = respond(state.clone(), req);
+            async move { Ok::<_, Infallible>(crate::conn::answered(respond.await, open)) }
         });
-        let stream = crate::conn::ClientStream::new(stream, head_timeout, linger, streams);
+        let stream = crate::conn::ClientStream::new(stream, keep_alive_timeout, conn_state);
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

@@ -68,8 +68,9 @@ pub struct HttpOptionsConfig {
     pub port: u16,
     /// End-to-end timeout per request; `null` (the default) waits forever.
     pub request_timeout_s: Option<f64>,
-    /// Idle keep-alive, request head and first-bytes timeout: a connection that sends no
-    /// (complete) request head within it is closed. Default 5.
+    /// Idle timeout: a connection that sends nothing within it is closed, and one with no
+    /// request open and nothing to send (idle keep-alive, a request head that never
+    /// completes) after between one and two of it. Default 5.
     pub keep_alive_timeout_s: f64,
     /// A path the whole server is mounted under (behind a reverse proxy), e.g. `/serve`:
     /// `/serve/iris/predict` reaches application `/iris`. Default `""`.

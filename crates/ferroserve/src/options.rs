@@ -21,12 +21,13 @@ pub struct HttpOptions {
     pub port: u16,
     /// End-to-end timeout per request (`request_timeout_s`); `None` (default) waits forever.
     pub request_timeout: Option<Duration>,
-    /// How long a connection may wait for its next request head: an idle HTTP/1.1 keep-alive
-    /// connection, a client that connects and sends nothing, and a slow (slowloris) request
-    /// head are all closed after it. Default 5 s, as uvicorn's. hyper times the request head
-    /// from the moment it starts waiting for it, so one timeout covers idle and slow clients.
-    /// An HTTP/2 connection is closed once no request has been open on it and nothing has
-    /// arrived for between one and two timeouts.
+    /// How long a connection may idle. Default 5 s, as uvicorn's. A client that connects and
+    /// sends nothing (or half the HTTP/2 preface) is closed after exactly one timeout; an
+    /// HTTP/1.1 connection with no request open and no response byte written, which covers
+    /// idle keep-alive and slow (slowloris) request heads, after between one and two; an
+    /// HTTP/2 connection with no request open and nothing arriving, after between one and
+    /// two. A connection is never closed before one whole timeout of idleness, so a load
+    /// balancer in front with a shorter idle timeout never meets a closed connection.
     pub keep_alive_timeout: Duration,
     /// How long a drain waits for in-flight requests before closing connections. Default 20 s.
     pub graceful_shutdown_timeout: Duration,

@@ -108,7 +108,8 @@ impl Serve {
         self
     }
 
-    /// Sets the keep-alive (and request head) timeout.
+    /// Sets the keep-alive (idle connection and request head) timeout; see
+    /// [`HttpOptions::keep_alive_timeout`](crate::HttpOptions::keep_alive_timeout).
     pub fn keep_alive_timeout(mut self, timeout: Duration) -> Self {
         self.options.keep_alive_timeout = timeout;
         self

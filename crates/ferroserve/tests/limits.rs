@@ -13,7 +13,9 @@ use ferroserve::adapters::{ImageToNdarray, JsonToNdarray};
 use ferroserve::api::routing::{get, post};
 use ferroserve::api::{ApiIngress, ApiRouter, Json};
 use ferroserve::config::ServeConfig;
-use ferroserve::{Application, Deployment, HandlerError, Ingress, Limits, Request, Serve};
+use ferroserve::{
+    Application, Deployment, HandlerError, Ingress, Limits, Request, Serve, StreamingResponse,
+};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -47,6 +49,14 @@ impl Api {
         tokio::time::sleep(Duration::from_millis(700)).await;
         "done"
     }
+    /// Streams `a`, then nothing for 700 ms, then `b`.
+    async fn gap() -> StreamingResponse {
+        StreamingResponse::new(async_stream::stream! {
+            yield "a".to_owned();
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            yield "b".to_owned();
+        })
+    }
 }
 
 impl ApiIngress for Api {
@@ -57,6 +67,7 @@ impl ApiIngress for Api {
             .api_route("/image", post(Self::image))
             .api_route("/ws", get(common::echo_websocket))
             .api_route("/slow", get(Self::slow))
+            .api_route("/gap", get(Self::gap))
     }
 }
 
@@ -264,6 +275,66 @@ async fn silent_slow_and_idle_connections_are_closed_after_the_keep_alive_timeou
         .unwrap();
     assert_eq!(read_response(&mut stream).await.unwrap().status, 200);
     assert!(read_to_close(&mut stream).await.is_empty());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_trickled_a_byte_at_a_time_is_closed() {
+    let keep_alive = Duration::from_millis(200);
+    let (server, base) = server(Limits::default(), keep_alive).await;
+    let stream = TcpStream::connect(addr(&base)).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    // One byte every 20 ms: the 2,000-byte head would take 40 s; bytes arriving do not keep
+    // an HTTP/1.1 connection that never completes a head alive.
+    let head = format!("GET /-/healthz HTTP/1.1\r\nX-Pad: {}", "p".repeat(2_000));
+    let trickle = tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(20));
+        for b in head.into_bytes() {
+            interval.tick().await;
+            if write.write_all(&[b]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(
+        PATIENCE,
+        tokio::io::AsyncReadExt::read_to_end(&mut read, &mut answer),
+    )
+    .await;
+    assert!(closed.is_ok(), "the trickling connection is still open");
+    assert!(started.elapsed() >= keep_alive, "{:?}", started.elapsed());
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    trickle.abort();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_http1_connections_outlive_the_keep_alive_timeout() {
+    // Each exchange below is silent on the wire for more than three keep-alive timeouts.
+    let (server, base) = server(Limits::default(), Duration::from_millis(200)).await;
+    let h1 = reqwest::Client::builder().http1_only().build().unwrap();
+    // A slow handler.
+    let r = h1.get(format!("{base}/api/slow")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.text().await.unwrap(), "done");
+    // A streamed body with a long pause between its chunks.
+    let r = h1.get(format!("{base}/api/gap")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "ab");
+    // A WebSocket that nobody speaks on for a while.
+    let url = format!("{}/api/ws", base.replacen("http", "ws", 1));
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    ws.send(tungstenite::Message::text("still here"))
+        .await
+        .unwrap();
+    let echo = ws.next().await.unwrap().unwrap();
+    assert_eq!(echo.into_text().unwrap().as_str(), "still here");
     server.shutdown().await;
 }
 
