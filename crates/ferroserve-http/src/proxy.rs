@@ -20,6 +20,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use ferroserve_core::context::{CancelOnDrop, RequestId};
 use ferroserve_core::{Error, RequestContext};
+use futures_util::future::{BoxFuture, Either};
 use futures_util::FutureExt;
 use http::{HeaderValue, StatusCode};
 use hyper::body::Incoming;
@@ -213,9 +214,13 @@ async fn respond(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Respon
         let response = match (route, model_id) {
             (Some(_), Err(bad_header)) => bad_header.into_response(),
             (Some(route), Ok(model_id)) => {
-                let work = route_request(&state, route, &request_id, model_id, req);
-                drop(routes);
-                work.await
+                match route_request(&state, route, &request_id, model_id, req) {
+                    Ok(work) => {
+                        drop(routes);
+                        work.await
+                    }
+                    Err(length) => state.limits.body_too_large(Some(length)).into_response(),
+                }
             }
             (None, _) => Error::NotFound {
                 path: path.to_owned(),
@@ -264,40 +269,49 @@ fn limit_body(limits: &Limits, req: http::Request<Incoming>) -> Result<http::Req
 }
 
 /// The work of a request to `route`: its endpoint under the request's context, cancelled when
-/// dropped, cut off at the request timeout.
+/// dropped, cut off at the request timeout; or, for a body declared larger than the limit, its
+/// length.
 fn route_request(
-    state: &Arc<ProxyState>,
+    state: &ProxyState,
     route: &Route,
     request_id: &RequestId,
     model_id: Option<Arc<str>>,
     req: http::Request<Incoming>,
-) -> impl std::future::Future<Output = Response> + Send + 'static {
-    let request_timeout = state.request_timeout.map(|t| (t, request_id.clone()));
-    let limits = state.limits;
-    let req = limit_body(&limits, req);
+) -> Result<RouteWork, u64> {
+    let req = limit_body(&state.limits, req)?;
     let ctx = RequestContext::new(request_id.clone(), state.request_timeout)
         .with_local(route.scope.clone())
         .with_model_id(model_id);
-    let work = req.map(|req| route.endpoint.respond(req, ctx.clone()));
-    async move {
-        let work = match work {
-            Ok(work) => work,
-            Err(length) => return limits.body_too_large(Some(length)).into_response(),
-        };
-        let work = CancelOnDrop::new(ctx, log_disconnect, work);
-        match request_timeout {
-            None => work.await,
-            Some((timeout, request_id)) => match tokio::time::timeout(timeout, work).await {
-                Ok(response) => response,
-                Err(_) => {
-                    tracing::warn!(request_id = %request_id, "request timed out after {timeout:?}, cancelled");
-                    Error::Timeout {
-                        request_id: request_id.as_str().to_owned(),
-                        timeout,
-                    }
-                    .into_response()
-                }
-            },
+    let work = CancelOnDrop::new(
+        ctx.clone(),
+        log_disconnect,
+        route.endpoint.respond(req, ctx),
+    );
+    Ok(match state.request_timeout {
+        None => Either::Left(work),
+        // Boxed: a request without a timeout (the default) carries no timer.
+        Some(timeout) => Either::Right(Box::pin(timed(work, timeout, request_id.clone()))),
+    })
+}
+
+/// A request's work as [`route_request`] makes it.
+type RouteWork = Either<CancelOnDrop<BoxFuture<'static, Response>>, BoxFuture<'static, Response>>;
+
+/// `work` cut off after `timeout`, answered `408`.
+async fn timed(
+    work: CancelOnDrop<BoxFuture<'static, Response>>,
+    timeout: Duration,
+    request_id: RequestId,
+) -> Response {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(request_id = %request_id, "request timed out after {timeout:?}, cancelled");
+            Error::Timeout {
+                request_id: request_id.as_str().to_owned(),
+                timeout,
+            }
+            .into_response()
         }
     }
 }
@@ -515,7 +529,7 @@ mod tests {
             &self,
             _: http::Request<Body>,
             _: RequestContext,
-        ) -> futures_util::future::BoxFuture<'static, Response> {
+        ) -> BoxFuture<'static, Response> {
             Box::pin(async { StatusCode::OK.into_response() })
         }
     }

@@ -30,6 +30,7 @@ mod extract;
 mod rejection;
 mod ws;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use aide::openapi::{Info, OpenApi, Server};
@@ -38,7 +39,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
 use ferroserve_core::replica::{LocalReplica, ReplicaSet};
 use ferroserve_core::{Error, RequestContext};
-use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::future::{BoxFuture, Either, FutureExt};
 use http::{header, HeaderValue, Method, StatusCode, Uri};
 use tower::ServiceExt;
 
@@ -242,10 +243,12 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
     ) -> BoxFuture<'static, Response> {
         let build = self.build;
         // An upgrade (WebSocket) keeps its replica slot for the life of the connection.
+        // hyper attaches `OnUpgrade` only to a request that asks for an upgrade (cheaper to
+        // look for than the `Upgrade` header, and without it no upgrade can happen).
         let pin = request
-            .headers()
-            .contains_key(header::UPGRADE)
-            .then(PinnedSlot::default);
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .map(|_| PinnedSlot::default());
         if let Some(pin) = &pin {
             request.extensions_mut().insert(pin.clone());
         }
@@ -344,30 +347,41 @@ fn to_app_path(root: &str, request: &mut http::Request<Body>) -> Result<(), Erro
     }
 }
 
+/// The future of one replica's answer: a documentation page made at once, or its router's.
+/// A plain enum of both (not an `async fn`), so that the work a replica runs stays small to move.
+type RouterCall = Either<
+    std::future::Ready<Response>,
+    futures_util::future::Map<
+        tower::util::Oneshot<axum::Router, http::Request<Body>>,
+        fn(Result<Response, Infallible>) -> Response,
+    >,
+>;
+
 /// Answers `request` with one replica's router (its URI already relative to the application's
 /// root), or with a documentation page when the app has a document.
-async fn call_router(
+fn call_router(
     router: axum::Router,
     openapi: Option<Arc<OpenApi>>,
     doc: Option<DocRequest>,
     mut request: http::Request<Body>,
-) -> Response {
+) -> RouterCall {
     if let Some(((page, root), title)) = doc {
-        match (&openapi, page) {
-            (Some(doc), DocPage::OpenApi) => return openapi_json(doc, &title, &root),
-            (Some(_), DocPage::Docs) => return docs_page(&root),
-            (None, _) => {
-                if let Err(bad) = to_app_path(&root, &mut request) {
-                    return bad.into_response();
-                }
-            }
+        let page = match (&openapi, page) {
+            (Some(doc), DocPage::OpenApi) => Some(openapi_json(doc, &title, &root)),
+            (Some(_), DocPage::Docs) => Some(docs_page(&root)),
+            (None, _) => to_app_path(&root, &mut request)
+                .err()
+                .map(IntoResponse::into_response),
+        };
+        if let Some(page) = page {
+            return Either::Left(std::future::ready(page));
         }
     }
-    let response = match router.oneshot(request).await {
-        Ok(response) => response,
+    let answered: fn(Result<Response, Infallible>) -> Response = |r| match r {
+        Ok(response) => fastapi_defaults(response),
         Err(never) => match never {},
     };
-    fastapi_defaults(response)
+    Either::Right(router.oneshot(request).map(answered))
 }
 
 /// axum answers unknown routes and methods with empty bodies; FastAPI with `{"detail": ...}`.
