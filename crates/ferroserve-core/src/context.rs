@@ -45,6 +45,7 @@
 //! ```
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,14 +55,37 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use serde::{Deserialize, Serialize};
-use tokio::task::futures::TaskLocalFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::tag::ReplicaTag;
 
-tokio::task_local! {
-    static CURRENT: RequestContext;
+thread_local! {
+    /// The context of the work being polled on this thread (see [`current`]). A context is
+    /// moved in around each poll and back out after, never cloned for it.
+    static CURRENT: RefCell<Option<RequestContext>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the context in `slot` as [`current`]: swaps it with the thread's (so `slot`
+/// holds the outer context meanwhile) and swaps back afterwards, also when `f` panics.
+fn swap_in<R>(slot: &mut Option<RequestContext>, f: impl FnOnce() -> R) -> R {
+    struct Restore<'a>(&'a mut Option<RequestContext>);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            CURRENT.with(|current| std::mem::swap(self.0, &mut current.borrow_mut()));
+        }
+    }
+    CURRENT.with(|current| std::mem::swap(slot, &mut current.borrow_mut()));
+    let _restore = Restore(slot);
+    f()
+}
+
+/// Reads the current context without cloning it.
+fn with_current<R>(f: impl FnOnce(&RequestContext) -> R) -> Option<R> {
+    CURRENT
+        .try_with(|current| current.borrow().as_ref().map(f))
+        .ok()
+        .flatten()
 }
 
 /// The context of one request or handle call: its id, deadline, model id and cancellation
@@ -427,16 +451,98 @@ impl RequestContext {
         self.call.cancel.cancel();
     }
 
-    /// Runs the synchronous `f` with this context as [`current`] (for polls of response bodies
-    /// and handle streams, which run outside the handler's task-local scope).
+    /// Runs the synchronous `f` with this context as [`current`] (for code outside a handler's
+    /// scope, such as a log line about it). Something that enters the same context on every
+    /// poll holds a [`ContextCell`] instead, which saves the clone.
     pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self.clone(), f)
+        swap_in(&mut Some(self.clone()), f)
     }
 
-    /// Runs `fut` with this context as [`current`]. The context comes back from the returned
-    /// future with `TaskLocalFuture::take_value`.
-    pub fn scope<F: Future>(self, fut: F) -> TaskLocalFuture<RequestContext, F> {
-        CURRENT.scope(self, fut)
+    /// Runs `fut` with this context as [`current`] around each of its polls (and its drop).
+    /// The context comes back from the finished future with [`Scoped::take_context`].
+    pub fn scope<F: Future>(self, fut: F) -> Scoped<F> {
+        Scoped {
+            cell: ContextCell::new(self),
+            fut: Some(fut),
+        }
+    }
+}
+
+/// A context held by something polled many times (a streamed response body, a handle stream)
+/// and made [`current`] around each poll by moving it into the thread's slot and back: no
+/// reference count changes per poll.
+#[derive(Debug, Clone)]
+pub struct ContextCell(Option<RequestContext>);
+
+impl ContextCell {
+    /// Holds `ctx`.
+    pub fn new(ctx: RequestContext) -> Self {
+        ContextCell(Some(ctx))
+    }
+
+    /// The context.
+    pub fn get(&self) -> &RequestContext {
+        self.0
+            .as_ref()
+            .expect("a context cell holds its context outside `enter`")
+    }
+
+    /// Runs `f` with the context as [`current`].
+    pub fn enter<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        swap_in(&mut self.0, f)
+    }
+
+    /// The context, out of the cell.
+    pub fn into_inner(self) -> RequestContext {
+        self.0
+            .expect("a context cell holds its context outside `enter`")
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future run with a context as [`current`]: [`RequestContext::scope`]. Dropping it
+    /// drops the inner future inside the context too, so drop guards (such as
+    /// [`on_cancel`]'s) see it.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Scoped<F> {
+        cell: ContextCell,
+        #[pin]
+        fut: Option<F>,
+    }
+
+    impl<F> PinnedDrop for Scoped<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            if this.fut.is_some() && this.cell.0.is_some() {
+                let fut = &mut this.fut;
+                this.cell.enter(|| fut.set(None));
+            }
+        }
+    }
+}
+
+impl<F> Scoped<F> {
+    /// The context, taken once the future has finished (`None` before, or when taken already).
+    pub fn take_context(self: Pin<&mut Self>) -> Option<RequestContext> {
+        let this = self.project();
+        if this.fut.is_some() {
+            return None;
+        }
+        this.cell.0.take()
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        let Some(fut) = this.fut.as_mut().as_pin_mut() else {
+            panic!("Scoped polled after completion");
+        };
+        let out = std::task::ready!(this.cell.enter(|| fut.poll(cx)));
+        this.fut.set(None);
+        Poll::Ready(out)
     }
 }
 
@@ -524,28 +630,25 @@ impl<F: FnOnce()> Drop for OnCancel<F> {
 
 /// The replica serving the current request, if running on one.
 pub(crate) fn current_replica() -> Option<Arc<ReplicaTag>> {
-    CURRENT.try_with(|ctx| ctx.replica.clone()).ok().flatten()
+    with_current(|ctx| ctx.replica.clone()).flatten()
 }
 
 /// The model id of the current request (see [`RequestContext::multiplexed_model_id`]).
 pub(crate) fn current_model_id() -> Option<Arc<str>> {
-    CURRENT.try_with(|ctx| ctx.model_id.clone()).ok().flatten()
+    with_current(|ctx| ctx.model_id.clone()).flatten()
 }
 
 /// Runs `f` with the replica serving the current request and its request id, if a handler is
 /// running on this task: for log formats that name who served a line. Nothing is copied.
 pub fn with_current_replica<R>(f: impl FnOnce(&ReplicaTag, &str) -> R) -> Option<R> {
-    CURRENT
-        .try_with(|ctx| ctx.replica.as_deref().map(|r| f(r, ctx.request_id())))
-        .ok()
-        .flatten()
+    with_current(|ctx| ctx.replica.as_deref().map(|r| f(r, ctx.request_id()))).flatten()
 }
 
 /// The context of the request being served on this task, if any.
 ///
 /// Inside a deployment's handler (HTTP or handle call) this is `Some`; elsewhere `None`.
 pub fn current() -> Option<RequestContext> {
-    CURRENT.try_with(Clone::clone).ok()
+    with_current(Clone::clone)
 }
 
 /// Runs `fut` to completion even if the request that started it is cancelled (Ray's
@@ -628,6 +731,88 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), grandchild.cancelled())
             .await
             .expect("cancelled() resolves for a call whose caller was cancelled");
+    }
+
+    fn current_id() -> Option<String> {
+        current().map(|c| c.request_id().to_owned())
+    }
+
+    #[tokio::test]
+    async fn scopes_nest_and_give_their_context_back() {
+        let outer = RequestContext::new("outer", None);
+        let inner = RequestContext::new("inner", None);
+        assert_eq!(current_id(), None);
+        let seen = outer
+            .clone()
+            .scope(async move {
+                let before = current_id();
+                let mid = inner.scope(async { current_id() }).await;
+                tokio::task::yield_now().await;
+                (before, mid, current_id())
+            })
+            .await;
+        assert_eq!(
+            seen,
+            (
+                Some("outer".into()),
+                Some("inner".into()),
+                Some("outer".into())
+            )
+        );
+        assert_eq!(current_id(), None, "nothing left behind");
+
+        let mut scoped = Box::pin(outer.scope(async { 7 }));
+        assert_eq!(
+            scoped.as_mut().take_context().map(|_| ()),
+            None,
+            "not before it ends"
+        );
+        assert_eq!(scoped.as_mut().await, 7);
+        let back = scoped
+            .as_mut()
+            .take_context()
+            .expect("the context comes back");
+        assert_eq!(back.request_id(), "outer");
+    }
+
+    #[test]
+    fn a_cell_enters_without_cloning_and_restores_after_a_panic() {
+        let ctx = RequestContext::new("cell", None);
+        let mut cell = ContextCell::new(ctx.clone());
+        let count = Arc::strong_count(&ctx.call);
+        assert_eq!(cell.enter(current_id), Some("cell".into()));
+        cell.enter(|| assert_eq!(Arc::strong_count(&ctx.call), count, "moved, not cloned"));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cell.enter(|| panic!("inside"));
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(current_id(), None, "the thread's slot is restored");
+        assert_eq!(
+            cell.get().request_id(),
+            "cell",
+            "and the cell keeps its context"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dropped_scope_drops_its_work_inside_the_context() {
+        let ctx = RequestContext::new("dropped", None);
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        struct Probe(Arc<std::sync::Mutex<Option<String>>>);
+        impl Drop for Probe {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap() = current_id();
+            }
+        }
+        let probe = Probe(seen.clone());
+        let mut work = Box::pin(ctx.scope(async move {
+            let _probe = probe;
+            std::future::pending::<()>().await
+        }));
+        assert!(futures_util::FutureExt::now_or_never(&mut work).is_none());
+        drop(work);
+        assert_eq!(seen.lock().unwrap().as_deref(), Some("dropped"));
+        assert_eq!(current_id(), None);
     }
 
     #[tokio::test]

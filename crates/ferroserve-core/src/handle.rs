@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 
 use futures_util::Stream;
 
-use crate::context::{self, CancelOnDrop, RequestContext};
+use crate::context::{self, CancelOnDrop, ContextCell, RequestContext};
 use crate::error::Error;
 pub use crate::method::{Handles, HandlesStream};
 use crate::replica::{Elsewhere, ReplicaMember, ReplicaSet};
@@ -225,15 +225,15 @@ pub type Guard = Box<dyn Send + Sync>;
 /// A panic inside the callee's stream ends it, logged.
 pub struct ResponseStream<I> {
     inner: Option<Pin<Box<dyn Stream<Item = I> + Send>>>,
-    ctx: RequestContext,
+    ctx: ContextCell,
     slot: Option<Guard>,
 }
 
 impl<I> std::fmt::Debug for ResponseStream<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseStream")
-            .field("request_id", &self.ctx.request_id())
-            .field("deployment", &self.ctx.deployment())
+            .field("request_id", &self.ctx.get().request_id())
+            .field("deployment", &self.ctx.get().deployment())
             .finish_non_exhaustive()
     }
 }
@@ -242,7 +242,7 @@ impl<I> ResponseStream<I> {
     fn new(inner: Pin<Box<dyn Stream<Item = I> + Send>>, ctx: RequestContext, slot: Guard) -> Self {
         ResponseStream {
             inner: Some(inner),
-            ctx,
+            ctx: ContextCell::new(ctx),
             slot: Some(slot),
         }
     }
@@ -284,7 +284,7 @@ impl<I> Stream for ResponseStream<I> {
 impl<I> Drop for ResponseStream<I> {
     fn drop(&mut self) {
         if self.inner.is_some() {
-            self.ctx.cancel();
+            self.ctx.get().cancel();
             self.finish();
         }
     }

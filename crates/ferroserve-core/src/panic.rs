@@ -55,6 +55,7 @@ pub fn catch<F: Future>(fut: F) -> Catch<F> {
 }
 
 /// Runs `f`, turning a panic into `Err(message)`.
+#[inline]
 pub fn catch_sync<R>(f: impl FnOnce() -> R) -> Result<R, String> {
     std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| message(&*payload))
 }

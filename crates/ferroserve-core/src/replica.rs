@@ -26,10 +26,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
-use tokio::task::futures::TaskLocalFuture;
 
 use crate::balance::{Acquire, Balancer, Endpoint, Member, Slot};
-use crate::context::RequestContext;
+use crate::context::{RequestContext, Scoped};
 use crate::error::Error;
 use crate::metrics::DeploymentMetrics;
 use crate::panic::Catch;
@@ -134,7 +133,7 @@ pin_project_lite::pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct RunOnReplica<Fut: Future> {
         #[pin]
-        work: TaskLocalFuture<RequestContext, Catch<Fut>>,
+        work: Scoped<Catch<Fut>>,
         start: Option<Instant>,
         failed: fn(&Fut::Output) -> bool,
     }
@@ -148,7 +147,7 @@ impl<Fut: Future> Future for RunOnReplica<Fut> {
         let mut this = self.project();
         let outcome = ready!(this.work.as_mut().poll(cx));
         // The context stays with the finished future.
-        let Some(ctx) = this.work.take_value() else {
+        let Some(ctx) = this.work.as_mut().take_context() else {
             unreachable!("the context is handed back once");
         };
         let Some(replica) = ctx.replica() else {

@@ -17,6 +17,7 @@ use std::task::{ready, Context, Poll};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use ferroserve_core::context::ContextCell;
 use ferroserve_core::handle::Guard;
 use ferroserve_core::sync::lock;
 use ferroserve_core::{BoxError, RequestContext};
@@ -206,7 +207,7 @@ pub(crate) fn attach<S: Send + Sync + 'static>(
         parts,
         Body::new(ReplicaBody {
             inner: Some(body),
-            ctx,
+            ctx: ContextCell::new(ctx),
             slot: Some(Box::new(slot)),
             deadline,
             done: false,
@@ -217,7 +218,7 @@ pub(crate) fn attach<S: Send + Sync + 'static>(
 /// A streamed body under its request's context; see the module docs.
 struct ReplicaBody {
     inner: Option<Body>,
-    ctx: RequestContext,
+    ctx: ContextCell,
     slot: Option<Guard>,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
@@ -247,12 +248,13 @@ impl HttpBody for ReplicaBody {
         }
         if let Some(deadline) = &mut this.deadline {
             if deadline.as_mut().poll(cx).is_ready() {
+                let ctx = this.ctx.get();
                 tracing::warn!(
-                    request_id = this.ctx.request_id(),
+                    request_id = ctx.request_id(),
                     "request timed out after {:?} while streaming; stream cut, work cancelled",
-                    this.ctx.timeout().unwrap_or_default()
+                    ctx.timeout().unwrap_or_default()
                 );
-                this.ctx.cancel();
+                ctx.cancel();
                 this.finish();
                 return Poll::Ready(Some(Err("request timed out while streaming".into())));
             }
@@ -274,9 +276,10 @@ impl HttpBody for ReplicaBody {
             }
             Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
             Some(Err(e)) => {
+                let ctx = this.ctx.get();
                 tracing::error!(
-                    request_id = this.ctx.request_id(),
-                    deployment = this.ctx.deployment(),
+                    request_id = ctx.request_id(),
+                    deployment = ctx.deployment(),
                     "stream failed mid-way: {e}"
                 );
                 this.finish();
@@ -302,9 +305,9 @@ impl Drop for ReplicaBody {
         if !self.done {
             tracing::info!(
                 "Client for request {} disconnected, cancelling request.",
-                self.ctx.request_id()
+                self.ctx.get().request_id()
             );
-            self.ctx.cancel();
+            self.ctx.get().cancel();
             self.finish();
         }
     }
