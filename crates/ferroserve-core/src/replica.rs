@@ -270,11 +270,11 @@ pin_project_lite::pin_project! {
             elsewhere: R,
             failed: fn(&Fut::Output) -> bool,
         },
-        // Running on a replica in this process (boxed: the work is moved into place once,
-        // and this stage stays small to write).
+        // Running on a replica in this process.
         Local {
             slot: ReplicaSlot<T>,
-            run: Pin<Box<RunOnReplica<Fut>>>,
+            #[pin]
+            run: RunOnReplica<Fut>,
         },
         // Running on a replica elsewhere.
         Remote {
@@ -284,6 +284,36 @@ pin_project_lite::pin_project! {
         },
         // Finished.
         Done,
+    }
+}
+
+impl<T, M, L, R, Fut> Stage<T, M, L, R, Fut>
+where
+    T: Send + Sync + 'static,
+    L: FnOnce(&LocalReplica<T>, M) -> Fut,
+    R: FnOnce(&ReplicaSlot<T>, M, RequestContext) -> Elsewhere<Fut::Output>,
+    Fut: Future,
+{
+    /// The call started on the replica `slot` is on.
+    fn running(
+        slot: ReplicaSlot<T>,
+        ctx: RequestContext,
+        msg: M,
+        local: L,
+        elsewhere: R,
+        failed: fn(&Fut::Output) -> bool,
+    ) -> Self {
+        match slot.endpoint().as_local() {
+            Some(replica) => Stage::Local {
+                run: replica.run(ctx, local(replica, msg), failed),
+                slot,
+            },
+            None => Stage::Remote {
+                call: elsewhere(&slot, msg, ctx.clone()),
+                slot,
+                ctx,
+            },
+        }
     }
 }
 
@@ -313,21 +343,12 @@ where
                     else {
                         unreachable!("in the waiting stage");
                     };
-                    let slot = acquired?;
-                    let next = match slot.endpoint().as_local() {
-                        Some(replica) => {
-                            let run = Box::pin(replica.run(ctx, local(replica, msg), failed));
-                            Stage::Local { slot, run }
-                        }
-                        None => {
-                            let call = elsewhere(&slot, msg, ctx.clone());
-                            Stage::Remote { slot, ctx, call }
-                        }
-                    };
-                    stage.set(next);
+                    stage.set(Stage::running(
+                        acquired?, ctx, msg, local, elsewhere, failed,
+                    ));
                 }
                 StageProj::Local { run, .. } => {
-                    let outcome = ready!(run.as_mut().poll(cx));
+                    let outcome = ready!(run.poll(cx));
                     let StageOwn::Local { slot, .. } = stage.as_mut().project_replace(Stage::Done)
                     else {
                         unreachable!("in the local stage");
@@ -432,16 +453,20 @@ impl<T: Send + Sync + 'static> ReplicaSet<T> {
         R: FnOnce(&ReplicaSlot<T>, M, RequestContext) -> Elsewhere<Fut::Output>,
         Fut: Future,
     {
-        Dispatch {
-            stage: Stage::Waiting {
-                acquire: self.acquire(ctx.multiplexed_model_id()),
+        let stage = match self.acquire(ctx.multiplexed_model_id()) {
+            // A slot free now (the common case): running at once, with no waiting stage to
+            // build and move out of.
+            Acquire::Ready(Some(slot)) => Stage::running(slot, ctx, msg, local, elsewhere, failed),
+            acquire => Stage::Waiting {
+                acquire,
                 ctx,
                 msg,
                 local,
                 elsewhere,
                 failed,
             },
-        }
+        };
+        Dispatch { stage }
     }
 
     /// As [`ReplicaSet::dispatch`] for work that needs the instance: `f` runs on a replica in
