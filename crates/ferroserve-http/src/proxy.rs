@@ -34,7 +34,7 @@ use crate::conn::ConnState;
 use crate::endpoint::HttpEndpoint;
 use crate::limits::Limits;
 use crate::metrics::{self, MetricsSource, ProxyMetrics, RouteId};
-use crate::model_id::header_model_id;
+use crate::model_id::{model_id, MODEL_ID_HEADER};
 use crate::route::{mount, prefix_matches, strip_root_path};
 use crate::scope::HttpScope;
 
@@ -181,10 +181,28 @@ pub(crate) fn find_route<'a>(
 
 static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
+/// The two headers the proxy reads: `x-request-id` and `serve_multiplexed_model_id` (the first
+/// value of each). A request with a handful of headers is scanned once, which costs less than
+/// two hashed lookups; a larger one is looked up.
+fn proxy_headers(headers: &http::HeaderMap) -> (Option<&HeaderValue>, Option<&HeaderValue>) {
+    const SCAN_UP_TO: usize = 8;
+    if headers.len() > SCAN_UP_TO {
+        return (headers.get(&REQUEST_ID), headers.get(&MODEL_ID_HEADER));
+    }
+    let (mut id, mut model) = (None, None);
+    for (name, value) in headers {
+        if *name == REQUEST_ID {
+            id = id.or(Some(value));
+        } else if *name == MODEL_ID_HEADER {
+            model = model.or(Some(value));
+        }
+    }
+    (id, model)
+}
+
 /// The client's `x-request-id` (printable, at most 256 bytes), else a fresh UUID.
-fn request_id(req: &http::Request<Incoming>) -> RequestId {
-    req.headers()
-        .get(&REQUEST_ID)
+fn request_id(header: Option<&HeaderValue>) -> RequestId {
+    header
         .and_then(RequestId::from_header)
         .unwrap_or_else(RequestId::generate)
 }
@@ -194,9 +212,10 @@ fn request_id(req: &http::Request<Incoming>) -> RequestId {
 /// Every request but the proxy's own paths is observed: counted in the metrics with its status
 /// (`499` when dropped unfinished) and logged on the access log.
 async fn respond(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Response {
-    let request_id = request_id(&req);
+    let (id_header, model_header) = proxy_headers(req.headers());
+    let request_id = request_id(id_header);
+    let model_id = model_id(model_header);
     let http1 = req.version() < http::Version::HTTP_2;
-    let model_id = header_model_id(req.headers());
     let path = req.uri().path();
     let mut response = if state.metrics.path() == Some(path) {
         state.metrics_response()
@@ -485,6 +504,35 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_request_id_and_model_id_are_found_with_few_or_many_headers() {
+        for padding in [0, 20] {
+            let mut headers = http::HeaderMap::new();
+            for i in 0..padding {
+                headers.insert(
+                    http::HeaderName::try_from(format!("x-pad-{i}")).unwrap(),
+                    HeaderValue::from_static("p"),
+                );
+            }
+            assert_eq!(proxy_headers(&headers), (None, None), "{padding}");
+            headers.append("X-Request-ID", HeaderValue::from_static("first"));
+            headers.append("x-request-id", HeaderValue::from_static("second"));
+            headers.append("Serve_Multiplexed_Model_Id", HeaderValue::from_static("m1"));
+            headers.append("serve_multiplexed_model_id", HeaderValue::from_static("m2"));
+            let (id, model) = proxy_headers(&headers);
+            assert_eq!(
+                id.map(HeaderValue::as_bytes),
+                Some(&b"first"[..]),
+                "{padding}"
+            );
+            assert_eq!(
+                model.map(HeaderValue::as_bytes),
+                Some(&b"m1"[..]),
+                "{padding}"
+            );
+        }
+    }
 
     fn state(root_path: &str) -> Arc<ProxyState> {
         ProxyState::new(ProxyOptions {
