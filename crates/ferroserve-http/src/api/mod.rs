@@ -263,7 +263,7 @@ impl<T: Send + Sync + 'static> HttpEndpoint for ApiEndpoint<T> {
         let call = move |replica: &LocalReplica<T>| {
             let app = replica.extension(build).expect("one HTTP app per replica");
             let axum_router = if large { &app.unlimited } else { &app.router };
-            call_router(axum_router.clone(), app.openapi.clone(), doc, request)
+            call_router(axum_router, app.openapi.as_deref(), doc, request)
         };
         let respond = self
             .replicas
@@ -360,13 +360,13 @@ type RouterCall = Either<
 /// Answers `request` with one replica's router (its URI already relative to the application's
 /// root), or with a documentation page when the app has a document.
 fn call_router(
-    router: axum::Router,
-    openapi: Option<Arc<OpenApi>>,
+    router: &axum::Router,
+    openapi: Option<&OpenApi>,
     doc: Option<DocRequest>,
     mut request: http::Request<Body>,
 ) -> RouterCall {
     if let Some(((page, root), title)) = doc {
-        let page = match (&openapi, page) {
+        let page = match (openapi, page) {
             (Some(doc), DocPage::OpenApi) => Some(openapi_json(doc, &title, &root)),
             (Some(_), DocPage::Docs) => Some(docs_page(&root)),
             (None, _) => to_app_path(&root, &mut request)
@@ -381,7 +381,7 @@ fn call_router(
         Ok(response) => fastapi_defaults(response),
         Err(never) => match never {},
     };
-    Either::Right(router.oneshot(request).map(answered))
+    Either::Right(router.clone().oneshot(request).map(answered))
 }
 
 /// axum answers unknown routes and methods with empty bodies; FastAPI with `{"detail": ...}`.
