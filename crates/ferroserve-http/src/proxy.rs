@@ -401,10 +401,10 @@ const DRAIN_GRACE: Duration = Duration::from_millis(200);
 ///
 /// Limits: at most `max_connections` connections are open at once (the loop stops accepting
 /// until one closes, so further clients wait in the kernel's listen queue); connections that
-/// send nothing, never finish a request head, or idle are closed after `keep_alive_timeout`
-/// (see [`crate::conn::ClientStream`] for the exact rule); a request head over `max_header_bytes` or `max_headers` is answered `431` by hyper;
-/// a connection whose body was refused with `413` closes gently so the client reads the `413`
-/// (see [`crate::conn::ClientStream`]).
+/// send nothing, never finish a request head, or idle are closed after `keep_alive_timeout`;
+/// a request head over `max_header_bytes` or `max_headers` is answered `431` by hyper; a
+/// connection whose body was refused with `413` closes gently so the client reads the `413`
+/// (see [`crate::conn::ClientStream`] for the exact rules).
 pub async fn run(
     listener: TcpListener,
     state: Arc<ProxyState>,
