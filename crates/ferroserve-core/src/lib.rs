@@ -8,7 +8,7 @@
 //!
 //! | module | Ray Serve concept |
 //! |---|---|
-//! | [`sync`], [`panic`], [`error`] | locks that survive panics; panics in user code; failures and their HTTP status (one mapping) |
+//! | [`sync`], [`panic`](mod@panic), [`error`] | locks that survive panics; panics in user code; failures and their HTTP status (one mapping) |
 //! | [`metrics`], [`tag`] | replica-side metric series; who serves a call (logs), the model ids a replica publishes |
 //! | [`context`] | request id, deadline, cancellation, `asyncio.shield`; the part that crosses a wire |
 //! | [`health`], [`autoscaling`] | `check_health(self)`, `autoscaling_config` (the policy) |

@@ -52,7 +52,7 @@ fn shard() -> usize {
     SHARD.with(|s| *s)
 }
 
-/// `n` counters, striped over [`SHARDS`] regions at least one cache line (128 bytes) apart.
+/// `n` counters, striped over `SHARDS` regions at least one cache line (128 bytes) apart.
 /// Adding is one uncontended relaxed atomic increment.
 pub struct Sharded {
     cells: Box<[AtomicU64]>,

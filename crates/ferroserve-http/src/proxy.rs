@@ -396,7 +396,7 @@ const DRAIN_GRACE: Duration = Duration::from_millis(200);
 /// Accepts connections until `shutdown` flips, then drains: marks the proxy draining (so that
 /// `/-/healthz` fails and HTTP/1 responses say `Connection: close`), takes in the connections
 /// the kernel already completed, closes the listener (new connections are refused), lets the
-/// open connections end on their own for up to [`DRAIN_GRACE`], then closes idle connections
+/// open connections end on their own for up to `DRAIN_GRACE`, then closes idle connections
 /// and lets every in-flight request finish, up to the graceful timeout in all.
 ///
 /// Limits: at most `max_connections` connections are open at once (the loop stops accepting
@@ -404,7 +404,7 @@ const DRAIN_GRACE: Duration = Duration::from_millis(200);
 /// send nothing, never finish a request head, or idle are closed after `keep_alive_timeout`;
 /// a request head over `max_header_bytes` or `max_headers` is answered `431` by hyper; a
 /// connection whose body was refused with `413` closes gently so the client reads the `413`
-/// (see [`crate::conn::ClientStream`] for the exact rules).
+/// (see `conn::ClientStream` for the exact rules).
 pub async fn run(
     listener: TcpListener,
     state: Arc<ProxyState>,

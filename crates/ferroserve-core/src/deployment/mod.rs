@@ -358,7 +358,7 @@ fn check_config<C: DeserializeOwned>(value: &Value) -> Result<(), String> {
 
 /// A deployment bound to its constructor: a node of the application graph.
 ///
-/// Serve it with [`crate::run`] (it becomes an [`crate::Application`]), or pass it to another
+/// Serve it with `ferroserve::run` (it becomes a `ferroserve::Application`), or pass it to another
 /// deployment with [`Deployment::with`]. Cloning shares the same deployment.
 pub struct BoundDeployment<T: Send + Sync + 'static> {
     node: Arc<Node<T>>,
