@@ -1,4 +1,5 @@
-"""Starts ferroserve examples on ephemeral ports for the Python client code of Ray Serve's HTTP guide."""
+"""Starts ferroserve examples on ephemeral ports for the Python client code of Ray Serve's
+HTTP guide."""
 
 import os
 import pathlib

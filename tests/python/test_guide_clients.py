@@ -1,4 +1,5 @@
-"""The client code of Ray Serve's HTTP guide (Python `requests`), run unchanged against the ferroserve examples."""
+"""The client code of Ray Serve's HTTP guide (Python `requests`), run unchanged against the
+ferroserve examples."""
 
 import time
 

@@ -1,5 +1,5 @@
-//! "Bring your own FastAPI app" from Ray Serve's HTTP guide: an existing router, written without ferroserve in
-//! mind, served unchanged and replicated.
+//! "Bring your own FastAPI app" from Ray Serve's HTTP guide: an existing router, written without
+//! ferroserve in mind, served unchanged and replicated.
 //!
 //! ```sh
 //! cargo run --example byo_router

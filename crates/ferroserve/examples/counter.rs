@@ -1,4 +1,5 @@
-//! The `Counter` of Ray Serve's HTTP guide (Starlette request ingress): returns the query parameters as JSON.
+//! The `Counter` of Ray Serve's HTTP guide (Starlette request ingress): returns the query
+//! parameters as JSON.
 //!
 //! ```sh
 //! cargo run --example counter

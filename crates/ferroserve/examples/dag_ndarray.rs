@@ -1,5 +1,5 @@
-//! The DAGDriver snippet of Ray Serve's HTTP guide: a `Model` that sums the array, behind a DAG driver whose HTTP
-//! adapter is `json_to_ndarray`.
+//! The DAGDriver snippet of Ray Serve's HTTP guide: a `Model` that sums the array, behind a DAG
+//! driver whose HTTP adapter is `json_to_ndarray`.
 //!
 //! ```sh
 //! cargo run --example dag_ndarray

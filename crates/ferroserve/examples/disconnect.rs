@@ -1,5 +1,5 @@
-//! The basic disconnect example of Ray Serve's HTTP guide: the handler sleeps "forever"; when the client gives up,
-//! the request is cancelled and the handler says so.
+//! The basic disconnect example of Ray Serve's HTTP guide: the handler sleeps "forever"; when the
+//! client gives up, the request is cancelled and the handler says so.
 //!
 //! ```sh
 //! cargo run --example disconnect

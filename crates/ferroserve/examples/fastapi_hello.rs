@@ -1,5 +1,5 @@
-//! The basic FastAPI deployment of Ray Serve's HTTP guide: a typed route whose handler reaches the replica (`self`),
-//! mounted under `/hello`, with OpenAPI docs at `/hello/docs`.
+//! The basic FastAPI deployment of Ray Serve's HTTP guide: a typed route whose handler reaches the
+//! replica (`self`), mounted under `/hello`, with OpenAPI docs at `/hello/docs`.
 //!
 //! ```sh
 //! cargo run --example fastapi_hello

@@ -1,4 +1,5 @@
-//! Model multiplexing (Ray's `@serve.multiplexed`): run with `cargo run -p ferroserve --example multiplexing`.
+//! Model multiplexing (Ray's `@serve.multiplexed`): run with `cargo run -p ferroserve --example
+//! multiplexing`.
 //!
 //! Two replicas, each holding up to three models; a request names its model in the
 //! `serve_multiplexed_model_id` header, and goes to the replica that already holds it:

@@ -1,5 +1,5 @@
-//! The shielded disconnect example of Ray Serve's HTTP guide: a shielded one-second `snore` still prints `ZZZ`
-//! after the request that started it is cancelled.
+//! The shielded disconnect example of Ray Serve's HTTP guide: a shielded one-second `snore` still
+//! prints `ZZZ` after the request that started it is cancelled.
 //!
 //! ```sh
 //! cargo run --example shielded_disconnect

@@ -1,5 +1,5 @@
-//! The streaming example of Ray Serve's HTTP guide: `GET /?max=10` streams `0` … `9`, one chunk every 0.1 s, each
-//! arriving as it is produced.
+//! The streaming example of Ray Serve's HTTP guide: `GET /?max=10` streams `0` … `9`, one chunk
+//! every 0.1 s, each arriving as it is produced.
 //!
 //! ```sh
 //! cargo run --example streaming

@@ -1,5 +1,5 @@
-//! The stream-cancellation example of Ray Serve's HTTP guide: streams numbers forever; when the client
-//! disconnects, the generator is cancelled and prints `Cancelled! Exiting.`
+//! The stream-cancellation example of Ray Serve's HTTP guide: streams numbers forever; when the
+//! client disconnects, the generator is cancelled and prints `Cancelled! Exiting.`
 //!
 //! ```sh
 //! cargo run --example streaming_cancel

@@ -1,5 +1,6 @@
-//! The examples are the contract (each one of Ray Serve's HTTP guide's snippets, in Rust): each is started as its own process on an ephemeral
-//! port and driven by a real client. `cargo build --examples` must have run (`.ci/run` does).
+//! The examples are the contract (each one of Ray Serve's HTTP guide's snippets, in Rust): each
+//! is started as its own process on an ephemeral port and driven by a real client.
+//! `cargo build --examples` must have run (`.ci/run` does).
 
 use ferroserve_test_support as common;
 
