@@ -536,13 +536,17 @@ impl<F: Future> Future for Scoped<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let mut this = self.project();
-        let Some(fut) = this.fut.as_mut().as_pin_mut() else {
-            panic!("Scoped polled after completion");
-        };
-        let out = std::task::ready!(this.cell.enter(|| fut.poll(cx)));
-        this.fut.set(None);
-        Poll::Ready(out)
+        let this = self.project();
+        let mut slot = this.fut;
+        // The finished future is dropped inside the context too.
+        this.cell.enter(|| {
+            let Some(fut) = slot.as_mut().as_pin_mut() else {
+                panic!("Scoped polled after completion");
+            };
+            let out = std::task::ready!(fut.poll(cx));
+            slot.set(None);
+            Poll::Ready(out)
+        })
     }
 }
 
@@ -813,6 +817,25 @@ mod tests {
         drop(work);
         assert_eq!(seen.lock().unwrap().as_deref(), Some("dropped"));
         assert_eq!(current_id(), None);
+
+        // A future that finishes is dropped inside the context as well.
+        struct Ready {
+            _probe: Probe,
+        }
+        impl Future for Ready {
+            type Output = ();
+            fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+                Poll::Ready(())
+            }
+        }
+        *seen.lock().unwrap() = None;
+        let finished = RequestContext::new("finished", None);
+        finished
+            .scope(Ready {
+                _probe: Probe(seen.clone()),
+            })
+            .await;
+        assert_eq!(seen.lock().unwrap().as_deref(), Some("finished"));
     }
 
     #[tokio::test]
