@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+use ferroserve_test_support::Fetch;
 use serde_json::Value;
 
 fn ferroserve() -> Command {
@@ -506,12 +507,8 @@ async fn the_iris_app_serves_predictions_from_its_config() {
     let answer: Value = client
         .post(format!("{}/iris/predict", server.base))
         .json(&serde_json::json!({"array": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(answer["labels"], serde_json::json!(["setosa", "virginica"]));
     let probabilities = answer["probabilities"].as_array().unwrap();
     assert_eq!(probabilities.len(), 2);
@@ -554,12 +551,8 @@ async fn the_echo_app_answers_with_the_request_it_received() {
         .post(format!("{}/e/a/b?x=1&y=2", server.base))
         .header("x-token", "t")
         .body("hello")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(answer["method"], "POST");
     assert_eq!(answer["path"], "/a/b");
     assert_eq!(answer["root_path"], "/e");
