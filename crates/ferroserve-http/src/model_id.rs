@@ -2,21 +2,17 @@
 
 use std::sync::Arc;
 
-use ferroserve_core::multiplex::{MAX_MODEL_ID_LEN, MODEL_ID_HEADER as MODEL_ID_NAME};
+use ferroserve_core::multiplex::{MAX_MODEL_ID_LEN, MODEL_ID_HEADER};
 use ferroserve_core::Error;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 
-/// The `serve_multiplexed_model_id` header's name.
-pub static MODEL_ID_HEADER: HeaderName = HeaderName::from_static(MODEL_ID_NAME);
+/// The header's name.
+pub static HEADER: HeaderName = HeaderName::from_static(MODEL_ID_HEADER);
 
-/// The model id an HTTP request names in its `serve_multiplexed_model_id` header: `None` when
-/// absent or empty; a `400` when it is not UTF-8 or longer than [`MAX_MODEL_ID_LEN`] bytes.
-pub fn header_model_id(headers: &HeaderMap) -> Result<Option<Arc<str>>, Error> {
-    model_id(headers.get(&MODEL_ID_HEADER))
-}
-
-/// As [`header_model_id`], given the header's (first) value.
-pub fn model_id(value: Option<&HeaderValue>) -> Result<Option<Arc<str>>, Error> {
+/// The model id a request names with `value`, its (first) `serve_multiplexed_model_id` header:
+/// `None` when absent or empty; a `400` when it is not UTF-8 or longer than
+/// [`MAX_MODEL_ID_LEN`] bytes.
+pub fn parse(value: Option<&HeaderValue>) -> Result<Option<Arc<str>>, Error> {
     let Some(value) = value else {
         return Ok(None);
     };
@@ -25,7 +21,7 @@ pub fn model_id(value: Option<&HeaderValue>) -> Result<Option<Arc<str>>, Error> 
         return Err(Error::bad_request(
             StatusCode::BAD_REQUEST,
             format!(
-                "Invalid {MODEL_ID_NAME} header: {} bytes long, the limit is {MAX_MODEL_ID_LEN}.",
+                "Invalid {MODEL_ID_HEADER} header: {} bytes long, the limit is {MAX_MODEL_ID_LEN}.",
                 bytes.len()
             ),
         ));
@@ -35,7 +31,7 @@ pub fn model_id(value: Option<&HeaderValue>) -> Result<Option<Arc<str>>, Error> 
         Ok(id) => Ok(Some(Arc::from(id))),
         Err(_) => Err(Error::bad_request(
             StatusCode::BAD_REQUEST,
-            format!("Invalid {MODEL_ID_NAME} header: not UTF-8 text."),
+            format!("Invalid {MODEL_ID_HEADER} header: not UTF-8 text."),
         )),
     }
 }
@@ -43,6 +39,11 @@ pub fn model_id(value: Option<&HeaderValue>) -> Result<Option<Arc<str>>, Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
+
+    fn header_model_id(headers: &HeaderMap) -> Result<Option<Arc<str>>, Error> {
+        parse(headers.get(&HEADER))
+    }
 
     fn headers(value: &[u8]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -34,7 +34,7 @@ use crate::conn::ConnState;
 use crate::endpoint::HttpEndpoint;
 use crate::limits::Limits;
 use crate::metrics::{self, MetricsSource, ProxyMetrics, RouteId};
-use crate::model_id::{model_id, MODEL_ID_HEADER};
+use crate::model_id;
 use crate::route::{mount, prefix_matches, strip_root_path};
 use crate::scope::HttpScope;
 
@@ -187,13 +187,13 @@ static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-i
 fn proxy_headers(headers: &http::HeaderMap) -> (Option<&HeaderValue>, Option<&HeaderValue>) {
     const SCAN_UP_TO: usize = 8;
     if headers.len() > SCAN_UP_TO {
-        return (headers.get(&REQUEST_ID), headers.get(&MODEL_ID_HEADER));
+        return (headers.get(&REQUEST_ID), headers.get(&model_id::HEADER));
     }
     let (mut id, mut model) = (None, None);
     for (name, value) in headers {
         if *name == REQUEST_ID {
             id = id.or(Some(value));
-        } else if *name == MODEL_ID_HEADER {
+        } else if *name == model_id::HEADER {
             model = model.or(Some(value));
         }
     }
@@ -214,7 +214,7 @@ fn request_id(header: Option<&HeaderValue>) -> RequestId {
 async fn respond(state: Arc<ProxyState>, req: http::Request<Incoming>) -> Response {
     let (id_header, model_header) = proxy_headers(req.headers());
     let request_id = request_id(id_header);
-    let model_id = model_id(model_header);
+    let model_id = model_id::parse(model_header);
     let http1 = req.version() < http::Version::HTTP_2;
     let path = req.uri().path();
     let mut response = if state.metrics.path() == Some(path) {
