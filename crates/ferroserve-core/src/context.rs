@@ -471,7 +471,7 @@ impl RequestContext {
 /// A context held by something polled many times (a streamed response body, a handle stream)
 /// and made [`current`] around each poll by moving it into the thread's slot and back: no
 /// reference count changes per poll.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ContextCell(Option<RequestContext>);
 
 impl ContextCell {
@@ -491,12 +491,6 @@ impl ContextCell {
     pub fn enter<R>(&mut self, f: impl FnOnce() -> R) -> R {
         swap_in(&mut self.0, f)
     }
-
-    /// The context, out of the cell.
-    pub fn into_inner(self) -> RequestContext {
-        self.0
-            .expect("a context cell holds its context outside `enter`")
-    }
 }
 
 pin_project_lite::pin_project! {
@@ -513,7 +507,7 @@ pin_project_lite::pin_project! {
     impl<F> PinnedDrop for Scoped<F> {
         fn drop(this: Pin<&mut Self>) {
             let mut this = this.project();
-            if this.fut.is_some() && this.cell.0.is_some() {
+            if this.fut.is_some() {
                 let fut = &mut this.fut;
                 this.cell.enter(|| fut.set(None));
             }
